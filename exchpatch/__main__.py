@@ -1,0 +1,5 @@
+import sys
+
+from exchpatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Testbed node services (matching engine, wallet signer), shipped inside every release."""

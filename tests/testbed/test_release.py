@@ -1,0 +1,109 @@
+"""Release builder: reproducible artifacts, checksums, signatures, catalog entries, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testbed.release import ReleaseError, build_release, ensure_signing_key, verify
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> dict[str, Path]:
+    return {"out": tmp_path / "releases", "keys": tmp_path / "keys", "catalog": tmp_path / "catalog"}
+
+
+def _build(dirs: dict[str, Path], version: str = "1.4.3", **kw):
+    return build_release(dirs["out"], dirs["keys"], dirs["catalog"], kw.pop("component", "matching-engine"),
+                         version, **kw)
+
+
+def test_artifact_checksum_and_signature_verify(dirs):
+    built = _build(dirs, fixes=["CVE-2026-1111"])
+    blob = Path(built.artifact).read_bytes()
+    assert hashlib.sha256(blob).hexdigest() == built.sha256
+    assert Path(built.artifact + ".sha256").read_text().split()[0] == built.sha256
+    pub = ensure_signing_key(dirs["keys"])[1].read_bytes()
+    assert verify(pub, blob, built.signature)
+    tampered = blob[:-1] + bytes([blob[-1] ^ 1])
+    assert not verify(pub, tampered, built.signature)
+    other_key_dir = dirs["keys"].parent / "other-keys"
+    other_pub = ensure_signing_key(other_key_dir)[1].read_bytes()
+    assert not verify(other_pub, blob, built.signature)
+
+
+def test_private_key_is_owner_only(dirs):
+    priv, pub = ensure_signing_key(dirs["keys"])
+    assert priv.stat().st_mode & 0o077 == 0
+    assert b"PRIVATE" not in pub.read_bytes()
+
+
+def test_tarball_is_reproducible_and_holds_the_release(dirs):
+    first = Path(_build(dirs).artifact).read_bytes()
+    second = Path(_build(dirs).artifact).read_bytes()
+    assert first == second
+    with tarfile.open(_build(dirs, fault="crash").artifact) as tar:
+        names = tar.getnames()
+        manifest = json.load(tar.extractfile("RELEASE.json"))
+    assert {"bin/exchnode", "exchnode/common.py", "RELEASE.json"} <= set(names)
+    assert manifest == {"component": "matching-engine", "version": "1.4.3", "fault": "crash"}
+    assert not any(n.startswith(("data", "/")) or ".." in n for n in names)
+
+
+def test_catalog_entry_has_every_field(dirs):
+    _build(dirs, version="1.4.2")
+    built = _build(dirs, version="1.4.3", fixes=["CVE-2026-1111", "CVE-2026-2222"], migration="forward_compatible")
+    entry = yaml.safe_load(Path(built.catalog_entry).read_text())
+    assert entry["id"] == "matching-engine-1.4.3"
+    assert entry["artifact"]["sha256"] == built.sha256
+    assert entry["artifact"]["signature"] == built.signature
+    assert entry["artifact"]["url"] == Path(built.artifact).as_uri()
+    assert entry["fixes"] == ["CVE-2026-1111", "CVE-2026-2222"]
+    assert entry["restart"] == "service" and entry["migration"] == "forward_compatible"
+    # Against 1.4.2 only the manifest differs: one file, the version line.
+    assert entry["change_size"] == {"files": 1, "lines": 2}
+    assert entry["released_at"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"component": "order-gateway"}, "unknown component 'order-gateway'"),
+        ({"version": "latest"}, "version 'latest' is not a dotted version"),
+        ({"fault": "ledger-mismatch"}, "fault 'ledger-mismatch' does not exist for matching-engine"),
+        ({"component": "wallet-signer", "fault": "state-divergence"}, "does not exist for wallet-signer"),
+        ({"fixes": ["CVE-26-1"]}, "is not a CVE ID"),
+        ({"restart": "reboot"}, "restart 'reboot'"),
+        ({"migration": "maybe"}, "migration 'maybe'"),
+        ({"patch_id": "../evil"}, "patch id '../evil'"),
+    ],
+)
+def test_bad_input_is_refused_and_writes_nothing(dirs, kwargs, message):
+    version = kwargs.pop("version", "1.4.3")
+    with pytest.raises(ReleaseError, match=message):
+        _build(dirs, version=version, **kwargs)
+    assert not dirs["out"].exists() or not list(dirs["out"].glob("*.tar.gz"))
+    assert not dirs["catalog"].exists() or not list(dirs["catalog"].iterdir())
+
+
+def test_cli_release_json_and_exit_codes(tmp_path):
+    env = {"EXCHPATCH_TESTBED_DIR": str(tmp_path / "tb"), "PATH": "/usr/bin:/bin"}
+    cmd = [sys.executable, "-m", "exchpatch", "testbed", "release", "--component", "wallet-signer",
+           "--version", "2.3.1", "--fault", "ledger-mismatch", "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert set(doc) == {"id", "artifact", "sha256", "catalog_entry"}
+    assert Path(doc["catalog_entry"]).parent == tmp_path / "tb" / "catalog"
+
+    bad = cmd[:-3] + ["--fault", "state-divergence", "--json"]
+    res = subprocess.run(bad, capture_output=True, text=True, env=env, check=False)
+    assert res.returncode == 2
+    assert "state-divergence" in json.loads(res.stdout)["error"]
