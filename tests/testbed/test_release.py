@@ -103,7 +103,7 @@ def test_cli_release_json_and_exit_codes(tmp_path):
     assert set(doc) == {"id", "artifact", "sha256", "catalog_entry"}
     assert Path(doc["catalog_entry"]).parent == tmp_path / "tb" / "catalog"
 
-    bad = cmd[:-3] + ["--fault", "state-divergence", "--json"]
+    bad = [*cmd[:-3], "--fault", "state-divergence", "--json"]
     res = subprocess.run(bad, capture_output=True, text=True, env=env, check=False)
     assert res.returncode == 2
     assert "state-divergence" in json.loads(res.stdout)["error"]
