@@ -9,6 +9,7 @@ HAProxy listens on 127.N.0.1. ``testbed.json`` in the testbed folder records wha
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -113,7 +114,7 @@ class Fleet:
 
     @property
     def haproxy_socket(self) -> str:
-        return str(self.haproxy_dir / "admin.sock")
+        return socket_path(self.haproxy_dir / "admin.sock")
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
@@ -135,6 +136,15 @@ class Fleet:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, path)
+
+
+def socket_path(preferred: Path) -> str:
+    """``preferred``, or a short stand-in under /tmp when it is longer than a unix socket
+    path may be (108 bytes; deep test folders exceed it)."""
+    if len(str(preferred)) <= 100:
+        return str(preferred)
+    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:16]
+    return f"/tmp/exchpatch-{digest}.sock"
 
 
 def testbed_root(root: str | Path | None = None) -> Path:
@@ -341,9 +351,10 @@ def _node_config(fleet: Fleet, node: NodeSpec) -> dict[str, Any]:
 
 def _supervisord_conf(fleet: Fleet, node: NodeSpec) -> str:
     root = Path(node.root)
+    sock = socket_path(root / "run" / "supervisor.sock")
     return f"""; supervisord for testbed node {node.name} (written by exchpatch testbed up)
 [unix_http_server]
-file={root}/run/supervisor.sock
+file={sock}
 chmod=0700
 
 [supervisord]
@@ -359,7 +370,7 @@ directory={root}
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 [supervisorctl]
-serverurl=unix://{root}/run/supervisor.sock
+serverurl=unix://{sock}
 
 [program:{node.program}]
 command={fleet.python} -I {root}/current/bin/exchnode --config {root}/etc/node.json
@@ -387,7 +398,7 @@ def _haproxy_cfg(fleet: Fleet) -> str:
         "global",
         "    daemon",
         f"    pidfile {hdir}/haproxy.pid",
-        f"    stats socket {hdir}/admin.sock mode 600 level admin",
+        f"    stats socket {fleet.haproxy_socket} mode 600 level admin",
         "    stats timeout 10s",
         "",
         "defaults",
@@ -667,6 +678,12 @@ def down(root: str | Path | None = None, timeout: float = 20.0) -> dict[str, Any
                 os.killpg(pid, signal.SIGKILL)
             _wait_gone(pid, 5)
     left_pids = [p for p in sup_pids + node_pids if _pid_alive(p)]
+    if not left_pids:  # short stand-in sockets live outside the testbed folder: remove them too
+        socks = [socket_path(Path(n.root) / "run" / "supervisor.sock") for n in fleet.nodes] + [fleet.haproxy_socket]
+        for sock in socks:
+            if sock.startswith("/tmp/exchpatch-"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(sock)
     return {"stopped": len(sup_pids), "processes_left": left_pids, "ports_left": listening_ports(fleet.net)}
 
 
