@@ -9,19 +9,20 @@ BIN     := $(VENV)/bin
 PYTHON  ?= python3
 STAMP   := $(VENV)/.installed
 LINK    := collections/ansible_collections/exchangeops/patching
-# Debian packages the testbed and the SSH scenario use: <command>:<package>
-SYSTEM_PACKAGES := /usr/sbin/haproxy:haproxy /usr/sbin/sshd:openssh-server
+# Debian packages the testbed, the SSH scenario and ansible-test sanity use: <command>:<package>
+SYSTEM_PACKAGES := /usr/sbin/haproxy:haproxy /usr/sbin/sshd:openssh-server /usr/bin/shellcheck:shellcheck
 
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help setup system-packages demo test lint ruff yamllint ansible-lint pytest testbed-up testbed-down bench clean
+.PHONY: help setup system-packages demo test lint ruff yamllint ansible-lint sanity pytest testbed-up testbed-down bench clean
 
 help:
 	@echo "make demo          set up, start the local testbed and run the story"
 	@echo "make test          set up and run every check (CI runs this)"
 	@echo "make setup         install system packages (apt-get) and .venv (pinned)"
 	@echo "make lint          ruff, yamllint, ansible-lint (production profile)"
+	@echo "make sanity        ansible-test sanity (no ignores)"
 	@echo "make testbed-up    start the default testbed (2 shards x 2 + 2 wallets, HAProxy)"
 	@echo "make testbed-down  stop it; nothing is left listening"
 	@echo "make bench         run the benchmarks in bench/ (never run by CI)"
@@ -57,7 +58,7 @@ $(LINK):
 demo: setup
 	./scripts/demo.sh
 
-test: setup lint pytest
+test: setup lint sanity pytest
 
 lint: ruff yamllint ansible-lint
 
@@ -69,6 +70,10 @@ yamllint: setup
 
 ansible-lint: setup
 	$(BIN)/ansible-lint --profile production --strict --nocolor
+
+# ansible-test sanity, from a temporary ansible_collections/exchangeops/patching copy
+sanity: setup
+	scripts/ansible-test.sh sanity
 
 pytest: setup
 	$(BIN)/pytest -q

@@ -568,7 +568,7 @@ def up(root: str | Path | None = None, shards: int = 2, wallets: int = 2, net: i
             f"stop it, or pick another network with EXCHPATCH_TESTBED_NET")
 
     root.mkdir(parents=True, exist_ok=True)
-    _, pub = ensure_signing_key(root / "keys")
+    pub = ensure_signing_key(root / "keys")[1]
     artifacts = {}
     for component, version in BASELINE.items():
         artifact = root / "releases" / f"{component}-{version}.tar.gz"

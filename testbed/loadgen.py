@@ -441,7 +441,7 @@ class _Run:
         try:
             load_s = self._schedule()
         finally:
-            for _ in threads:
+            for _thread in threads:
                 self.ready.put(None)
             for t in threads:
                 t.join(timeout=self.request_timeout * 2 + 5)
@@ -661,7 +661,7 @@ class _Run:
         acks = dict(self.stats.withdrawal_acks)
         while True:
             self._withdrawal_lists(front, self.target.chains, deadline, lists)
-            waiting = [ident for ident, (chain, _) in acks.items()
+            waiting = [ident for ident, (chain, _ack) in acks.items()
                        if not any(w.get("status") == "processed" for w in lists.get(chain, {}).get(ident, []))]
             if not waiting or time.monotonic() + SETTLE_POLL_S > deadline:
                 return lists

@@ -211,7 +211,7 @@ def build_release(
     out_dir, catalog_dir = Path(out_dir), Path(catalog_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     catalog_dir.mkdir(parents=True, exist_ok=True)
-    priv, _ = ensure_signing_key(keys_dir)
+    priv = ensure_signing_key(keys_dir)[0]
 
     files = release_files(component, version, fault, fault_params)
     change = _change_size(out_dir, component, version, files)

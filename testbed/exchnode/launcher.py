@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Entry point of a release: ``<release>/bin/exchnode --config NODE_JSON``.
 
 Copied to ``bin/exchnode`` by the release builder. It puts its own release folder

@@ -507,7 +507,7 @@ class MatchingNode(Node):
         n = len(records)
         last_hash = records[-1]["hash"] if records else ""
         last_gap: int | None = None
-        for _ in range(PUSH_MAX // PAGE + 3):
+        for _page in range(PUSH_MAX // PAGE + 3):
             batch = [] if start is None else records[start:start + PAGE]
             body = {"term": self._term, "from": self.name, "seq": n, "hash": last_hash, "entries": batch}
             try:
@@ -679,7 +679,7 @@ class MatchingNode(Node):
 
     def _follow(self, require_primary: bool, pages: int = 50) -> str:
         outcome = "caught_up"
-        for _ in range(pages):
+        for _page in range(pages):
             outcome = self._pull_once(require_primary)
             if outcome != "more":
                 break

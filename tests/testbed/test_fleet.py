@@ -145,8 +145,8 @@ def test_orders_and_withdrawals_flow_through_haproxy(fleet):
     code, w = tb.http_json("POST", fleet.frontend_url + "/chains/SOL/withdrawals",
                            body={"client_withdrawal_id": "fleet-w1", "address": "sol-addr", "amount": 5})
     assert code == 200 and w["chain"] == "SOL"
-    code, _ = tb.http_json("POST", fleet.frontend_url + "/markets/NOPE-USD/orders",
-                           body={"client_order_id": "x", "side": "buy", "price": 1, "qty": 1})
+    code = tb.http_json("POST", fleet.frontend_url + "/markets/NOPE-USD/orders",
+                           body={"client_order_id": "x", "side": "buy", "price": 1, "qty": 1})[0]
     assert code == 404
 
 

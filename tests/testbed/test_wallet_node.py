@@ -207,7 +207,7 @@ def test_pause_queues_survives_restart_and_resume_processes_all(spawn: Callable[
     code, resumed = node.admin("POST", "/v1/withdrawals/resume")
     assert code == 200 and resumed["withdrawals"] == "running"
     wait_for(lambda: status(node)["processed"] == 7, what="all 7 processed")
-    _, listing = node.client("GET", "/chains/BTC/withdrawals")
+    listing = node.client("GET", "/chains/BTC/withdrawals")[1]
     wids = [w["withdrawal_id"] for w in listing["withdrawals"]]
     assert len(wids) == 7
     assert_once_on_chain(node, "BTC", wids)
