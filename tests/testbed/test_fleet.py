@@ -146,7 +146,7 @@ def test_orders_and_withdrawals_flow_through_haproxy(fleet):
                            body={"client_withdrawal_id": "fleet-w1", "address": "sol-addr", "amount": 5})
     assert code == 200 and w["chain"] == "SOL"
     code = tb.http_json("POST", fleet.frontend_url + "/markets/NOPE-USD/orders",
-                           body={"client_order_id": "x", "side": "buy", "price": 1, "qty": 1})[0]
+                        body={"client_order_id": "x", "side": "buy", "price": 1, "qty": 1})[0]
     assert code == 404
 
 
