@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -131,6 +133,76 @@ def cmd_testbed_promote(args: argparse.Namespace) -> tuple[int, Any, str]:
     return EXIT_OK, res, f"promoted {args.node} to primary (term {res.get('term')}, seq {res.get('seq')})"
 
 
+# --------------------------------------------------------------------------- plan
+
+
+def _existing(path: str, what: str, folder: bool = False) -> str:
+    p = Path(path).expanduser()
+    if not (p.is_dir() if folder else p.is_file()):
+        raise CliError(f"{what} {path}: no such {'folder' if folder else 'file'}; check the path", EXIT_BAD_INPUT)
+    return str(p.resolve())
+
+
+def _plan_text(plan: dict[str, Any]) -> str:
+    rows = [{
+        "rank": p["rank"], "patch": p["id"], "component": p["component"], "version": p["version"],
+        "class": p["class"], "due": (p["due"] or "on upgrade") + (" OVERDUE" if p.get("overdue") else ""),
+        "score": p["score"], "window": p["window"], "targets": len(p["targets"]),
+        "cves": ",".join(c["id"] for c in p["cves"]) or "-",
+    } for p in plan["patches"]]
+    out = [f"patch plan at {plan['generated_at']}", ""]
+    out.append(_table(rows, ["rank", "patch", "component", "version", "class", "due", "score", "window",
+                             "targets", "cves"]) if rows else "no patch is needed")
+    for p in plan["patches"]:
+        out.append(f"\n{p['rank']}. {p['id']} -> {p['class']}"
+                   + (f", due {p['due']}" if p["due"] else ", fix on upgrade")
+                   + f" on {', '.join(p['targets'])}")
+        for c in p["cves"]:
+            epss = "-" if c["epss"] is None else f"{c['epss']:.3f}"
+            out.append(f"   {c['id']}: {'KEV, ' if c['kev'] else ''}exploitation {c['exploitation']}, "
+                       f"automatable {c['automatable']}, impact {c['technical_impact']}, EPSS {epss}, "
+                       f"CVSS {c['cvss'] if c['cvss'] is not None else '-'} -> {c['ssvc_deployer']} "
+                       f"(CISA: {c['ssvc_cisa']}), BOD 26-04 {c['bod_26_04']}")
+    if plan.get("not_needed"):
+        out.append("\nnot needed:")
+        out += [f"   {n['id']}: {n['reason']}" for n in plan["not_needed"]]
+    return "\n".join(out)
+
+
+def cmd_plan(args: argparse.Namespace) -> tuple[int, Any, str]:
+    from exchpatch.runner import data_dir, run_playbook
+
+    if args.inventory and args.facts:
+        raise CliError("give --inventory (live facts) or --facts FILE (offline), not both", EXIT_BAD_INPUT)
+    extravars: dict[str, Any] = {
+        "plan_feeds": [_existing(f, "--feed") for f in args.feed],
+        "plan_catalog": _existing(args.catalog, "--catalog", folder=True),
+    }
+    if args.facts:
+        extravars["plan_facts_file"] = _existing(args.facts, "--facts")
+    if args.now:
+        extravars["plan_now"] = args.now
+    dest = data_dir() / f"plan-{os.getpid()}.json"
+    extravars["plan_dest"] = str(dest)
+    inventory = args.inventory
+    if args.facts and not inventory:
+        inventory = str(Path(__file__).resolve().parent / "empty_inventory.yml")
+    try:
+        result = run_playbook("plan.yml", extravars, inventory=inventory)
+        if not result.ok:
+            bad = [f for f in result.failures if f.bad_input]
+            first = (bad or result.failures or [None])[0]
+            if first is None:
+                msg = f"plan playbook {result.status} (rc {result.rc}); see {result.artifacts}"
+            else:
+                msg = first.msg if first.host in ("localhost", "?") else f"{first.host}: {first.msg}"
+            raise CliError(msg, EXIT_BAD_INPUT if bad else EXIT_FAILED)
+        plan = json.loads(dest.read_text())
+    finally:
+        dest.unlink(missing_ok=True)
+    return EXIT_OK, plan, _plan_text(plan)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -175,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = tbs.add_parser("promote", parents=[common], help="promote a matching standby")
     p.add_argument("node")
     p.set_defaults(func=cmd_testbed_promote)
+    p = sub.add_parser("plan", parents=[common], help="rank pending patches by risk, with explanations")
+    p.add_argument("--feed", action="append", required=True, metavar="PATH",
+                   help="advisory feed file (OSV, CSAF, NVD 2.0, CVE 5 + vulnrichment, KEV, EPSS CSV); repeatable")
+    p.add_argument("--catalog", required=True, metavar="DIR", help="patch catalog folder (patches/*.yml)")
+    p.add_argument("--inventory", metavar="INV", help="inventory for live facts (default: the testbed's)")
+    p.add_argument("--facts", metavar="FILE", help='offline fleet facts: {"nodes": [{"name", "component", ...}]}')
+    p.add_argument("--now", metavar="ISO8601", help="plan as of this time (default: now)")
+    p.set_defaults(func=cmd_plan)
     return parser
 
 
@@ -182,6 +262,8 @@ def _classify(exc: Exception) -> int | None:
     from testbed.fleet import TestbedError, TestbedInputError
     from testbed.release import ReleaseError
 
+    if isinstance(exc, CliError):
+        return exc.code
     if isinstance(exc, (TestbedInputError, ReleaseError, ValueError)):
         return EXIT_BAD_INPUT
     if isinstance(exc, (TestbedError, OSError)):

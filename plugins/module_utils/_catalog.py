@@ -1,0 +1,316 @@
+# Copyright (c) 2026, exchangeops engineering
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The patch catalog: one YAML mapping per ``patches/*.yml`` file, validated into :class:`Patch` records.
+
+Every problem raises one :class:`CatalogError` naming the file, the field, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import os
+import re
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+try:
+    import yaml
+except ImportError:
+    HAS_YAML = False
+    YAML_IMPORT_ERROR: str | None = traceback.format_exc()
+else:
+    HAS_YAML = True
+    YAML_IMPORT_ERROR = None
+
+COMPONENTS = ("matching-engine", "wallet-signer")
+RESTARTS = ("none", "service", "system")
+MIGRATIONS = ("none", "forward_compatible", "irreversible")
+
+_ID_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
+# Dotted numeric version with an optional suffix, as the testbed release builder writes them (1.4.3, 1.4.3-rc1).
+_VERSION_RE = re.compile(r"\d+(?:\.\d+)+(?:[.-][0-9A-Za-z.-]+)?\Z")
+_VERSION_CORE_RE = re.compile(r"\d+(?:\.\d+)*")
+_CVE_RE = re.compile(r"CVE-\d{4}-\d{4,}\Z")
+_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}\Z")
+
+# field -> example value shown when it is missing or wrong
+_EXAMPLES = {
+    "id": "matching-engine-1.4.3",
+    "component": "matching-engine",
+    "version": '"1.4.3"',
+    "artifact": '{url: "file://.testbed/releases/matching-engine-1.4.3.tar.gz", sha256: "<64 hex>", '
+    'signature: "<base64>"}',
+    "fixes": "[CVE-2026-31337]  (or [] when the patch fixes no CVE)",
+    "restart": "service",
+    "migration": "none",
+    "change_size": "{files: 3, lines: 42}",
+    "released_at": '"2026-11-20T09:00:00Z"',
+    "artifact.url": '"file://.testbed/releases/matching-engine-1.4.3.tar.gz"',
+    "artifact.sha256": '"9f2c...e1" (64 hexadecimal characters, e.g. from sha256sum)',
+    "artifact.signature": '"MEUCIQ..." (base64)',
+    "change_size.files": "3",
+    "change_size.lines": "42",
+}
+_FIELDS = ("id", "component", "version", "artifact", "fixes", "restart", "migration", "change_size", "released_at")
+_ARTIFACT_FIELDS = ("url", "sha256", "signature")
+_CHANGE_FIELDS = ("files", "lines")
+
+
+class CatalogError(ValueError):
+    """A catalog entry that cannot be used; ``str()`` is ``"<path>: <record>: <message>; <fix>"``."""
+
+    def __init__(self, path: str, record: str | None, message: str, fix: str) -> None:
+        self.path = path
+        self.record = record
+        self.message = message
+        self.fix = fix
+        where = f"{path}: {record}" if record else path
+        super().__init__(f"{where}: {message}; {fix}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.path, self.record, self.message, self.fix))
+
+
+@dataclass(frozen=True)
+class Patch:
+    id: str
+    component: str
+    version: str
+    artifact_url: str
+    sha256: str  # lower-case hex
+    signature: str  # base64, as written
+    fixes: tuple[str, ...]
+    restart: str  # none | service | system
+    migration: str  # none | forward_compatible | irreversible
+    change_files: int
+    change_lines: int
+    released_at: str  # ISO 8601, UTC, e.g. 2026-11-20T09:00:00Z
+    source: str  # catalog file
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """Sort key of a dotted version: ``version_key("1.4.10") > version_key("1.4.9")``.
+
+    Only the leading dotted-numeric part counts ("1.4.3-rc1" sorts equal to "1.4.3"); ValueError without one.
+    """
+    match = _VERSION_CORE_RE.match(version.strip()) if isinstance(version, str) else None
+    if match is None:
+        raise ValueError(f"version {version!r} is not a dotted version like 1.4.3")
+    return tuple(int(part) for part in match.group(0).split("."))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if value is None:
+        return "null"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _yaml_hint(value: Any) -> str:
+    if isinstance(value, bool):
+        return " (YAML reads unquoted yes/no/on/off/true/false as booleans)"
+    if isinstance(value, (int, float)):
+        return " (YAML reads unquoted numbers as numbers)"
+    return ""
+
+
+def _need_str(path: str, field: str, value: Any) -> str:
+    key = field.rsplit(".", 1)[-1]
+    if not isinstance(value, str):
+        hint = _yaml_hint(value)
+        raise CatalogError(
+            path, field, f"must be a string, not {_describe(value)}{hint}",
+            f"{'quote the value, e.g.' if hint else 'write it like'} {key}: {_EXAMPLES[field]}",
+        )
+    text = value.strip()
+    if not text:
+        raise CatalogError(path, field, "is empty", f"write it like {key}: {_EXAMPLES[field]}")
+    return text
+
+
+def _choice(path: str, field: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise CatalogError(
+            path, field, f"unknown value {_describe(value)}{_yaml_hint(value)}", f"use one of: {', '.join(allowed)}"
+        )
+    return value
+
+
+def _unknown_keys(path: str, where: str | None, mapping: dict[Any, Any], allowed: tuple[str, ...]) -> None:
+    unknown = [k for k in mapping if k not in allowed]
+    if not unknown:
+        return
+    key = unknown[0]
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    label = f"{where}.{key}" if where else str(key)
+    scope = f" in {where}" if where else ""
+    raise CatalogError(path, label, f"unknown key {key!r}", f"{hint}allowed keys{scope}: {', '.join(allowed)}")
+
+
+def _missing(path: str, where: str | None, mapping: dict[Any, Any], required: tuple[str, ...]) -> None:
+    for name in required:
+        if name not in mapping:
+            field = f"{where}.{name}" if where else name
+            raise CatalogError(path, field, "required field is missing", f"add it, e.g. {name}: {_EXAMPLES[field]}")
+
+
+def _mapping(path: str, field: str, value: Any) -> dict[Any, Any]:
+    if not isinstance(value, dict):
+        raise CatalogError(path, field, f"must be a mapping, not {_describe(value)}",
+                           f"write it like {field}: {_EXAMPLES[field]}")
+    return value
+
+
+def _count(path: str, field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CatalogError(path, field, f"must be a whole number >= 0, not {_describe(value)}",
+                           f"write it like {field.split('.')[-1]}: {_EXAMPLES[field]}")
+    return value
+
+
+def _released_at(path: str, value: Any) -> str:
+    field = "released_at"
+    moment: datetime | None = None
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+        except ValueError:
+            moment = None
+    if moment is None:
+        raise CatalogError(
+            path, field, f"{_describe(value)} is not an ISO 8601 date or date-time",
+            f"write it like {field}: {_EXAMPLES[field]} (UTC) or 2026-11-20",
+        )
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+
+
+def _parse(path: str, text: str) -> Any:
+    if not HAS_YAML:
+        raise RuntimeError(
+            "the Python library 'PyYAML' is required to read the patch catalog; install it with 'pip install PyYAML'. "
+            f"Import error: {YAML_IMPORT_ERROR}"
+        )
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CatalogError(path, where, f"not valid YAML: {problem}",
+                           "fix the YAML syntax (yamllint shows the exact spot)") from None
+
+
+def load_patch(path: str) -> Patch:
+    """One catalog entry; CatalogError naming the file, the field and the fix on any problem."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise CatalogError(path, None, "file not found", "check the path of the catalog entry") from None
+    except UnicodeDecodeError:
+        raise CatalogError(path, None, "not UTF-8 text", "save the catalog entry as UTF-8 YAML") from None
+    except OSError as exc:
+        raise CatalogError(path, None, f"cannot read the file: {exc.strerror or exc}",
+                           "check the file's permissions") from None
+    doc = _parse(path, text)
+    if doc is None:
+        raise CatalogError(path, None, "file is empty", "write one patch as a YAML mapping (see patches/*.yml)")
+    if not isinstance(doc, dict):
+        raise CatalogError(path, None, f"must be a YAML mapping, not {_describe(doc)}",
+                           "write one patch per file as a mapping with keys " + ", ".join(_FIELDS))
+    _unknown_keys(path, None, doc, _FIELDS)
+    _missing(path, None, doc, _FIELDS)
+
+    patch_id = _need_str(path, "id", doc["id"])
+    if not _ID_RE.match(patch_id):
+        raise CatalogError(path, "id", f"{patch_id!r} has characters other than letters, digits, '.', '_' and '-'",
+                           f"use an id like {_EXAMPLES['id']}")
+    component = _choice(path, "component", doc["component"], COMPONENTS)
+    version = _need_str(path, "version", doc["version"])
+    if not _VERSION_RE.match(version):
+        raise CatalogError(path, "version", f"{version!r} is not a dotted version",
+                           f"write it like version: {_EXAMPLES['version']}")
+
+    artifact = _mapping(path, "artifact", doc["artifact"])
+    _unknown_keys(path, "artifact", artifact, _ARTIFACT_FIELDS)
+    _missing(path, "artifact", artifact, _ARTIFACT_FIELDS)
+    url = _need_str(path, "artifact.url", artifact["url"])
+    if any(c.isspace() for c in url):
+        raise CatalogError(path, "artifact.url", f"{url!r} contains whitespace",
+                           f"percent-encode it, e.g. url: {_EXAMPLES['artifact.url']}")
+    sha256 = _need_str(path, "artifact.sha256", artifact["sha256"])
+    if not _SHA256_RE.match(sha256):
+        raise CatalogError(path, "artifact.sha256", f"{sha256!r} is not 64 hexadecimal characters",
+                           "give the SHA-256 of the artifact as printed by 'sha256sum <artifact>'")
+    signature = _need_str(path, "artifact.signature", artifact["signature"])
+    try:
+        base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):
+        raise CatalogError(path, "artifact.signature", f"{signature[:40]!r} is not base64",
+                           "give the detached signature of the artifact, base64-encoded") from None
+
+    fixes_raw = doc["fixes"]
+    if fixes_raw is None or not isinstance(fixes_raw, list):
+        raise CatalogError(path, "fixes", f"must be a list of CVE IDs, not {_describe(fixes_raw)}",
+                           f"write it like fixes: {_EXAMPLES['fixes']}")
+    fixes: list[str] = []
+    for i, cve in enumerate(fixes_raw):
+        if not isinstance(cve, str) or not _CVE_RE.match(cve.strip()):
+            raise CatalogError(path, f"fixes[{i}]", f"{_describe(cve)} is not a CVE ID",
+                               "write CVE IDs as CVE-YYYY-NNNN (four-digit year, at least four digits)")
+        if cve.strip() in fixes:
+            raise CatalogError(path, f"fixes[{i}]", f"{cve.strip()} is listed twice", "list each CVE once")
+        fixes.append(cve.strip())
+
+    restart = _choice(path, "restart", doc["restart"], RESTARTS)
+    migration = _choice(path, "migration", doc["migration"], MIGRATIONS)
+    change = _mapping(path, "change_size", doc["change_size"])
+    _unknown_keys(path, "change_size", change, _CHANGE_FIELDS)
+    _missing(path, "change_size", change, _CHANGE_FIELDS)
+    files = _count(path, "change_size.files", change["files"])
+    lines = _count(path, "change_size.lines", change["lines"])
+    released = _released_at(path, doc["released_at"])
+    return Patch(patch_id, component, version, url, sha256.lower(), signature, tuple(fixes), restart, migration,
+                 files, lines, released, path)
+
+
+def load_catalog(directory: str) -> list[Patch]:
+    """Every ``*.yml``/``*.yaml`` file directly in ``directory`` (dot-files skipped), sorted by id."""
+    if not os.path.isdir(directory):
+        what = "is not a directory" if os.path.exists(directory) else "directory not found"
+        raise CatalogError(directory, None, what, "point at the patch catalog directory (e.g. patches/)")
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise CatalogError(directory, None, f"cannot list the directory: {exc.strerror or exc}",
+                           "check the directory's permissions") from None
+    files = [os.path.join(directory, n) for n in names
+             if n.endswith((".yml", ".yaml")) and not n.startswith(".")
+             and os.path.isfile(os.path.join(directory, n))]
+    if not files:
+        raise CatalogError(directory, None, "no patch files (*.yml, *.yaml)",
+                           "add one YAML file per patch, e.g. matching-engine-1.4.3.yml")
+    seen: dict[str, str] = {}
+    patches: list[Patch] = []
+    for path in files:
+        patch = load_patch(path)
+        if patch.id in seen:
+            raise CatalogError(path, "id", f"duplicate id {patch.id!r}, already defined in {seen[patch.id]}",
+                               "give every patch a unique id (one file per patch)")
+        seen[patch.id] = path
+        patches.append(patch)
+    return sorted(patches, key=lambda p: p.id)

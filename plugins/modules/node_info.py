@@ -1,0 +1,136 @@
+#!/usr/bin/python
+# Copyright (c) 2026, exchangeops engineering
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: node_info
+short_description: Read an exchange node's live status from its admin API
+version_added: 0.1.0
+description:
+  - Calls C(GET /v1/status) on a matching-engine or wallet-signer node's admin API with its
+    bearer token and returns the node's component, version, HA role, shard or chains, last
+    applied sequence, state hash, ready flag and the rest of its status document.
+  - HA roles are only ever taken from here, never from the inventory.
+  - Errors, timeouts and answers without the expected fields fail the task; missing data is
+    never reported as healthy.
+  - Runs on the controller (the admin API is HTTP); delegate it to C(localhost).
+author:
+  - exchangeops engineering (@exchangeops)
+extends_documentation_fragment:
+  - ansible.builtin.url
+attributes:
+  check_mode:
+    description: Can run in check mode and return the node status.
+    support: full
+    details: Read-only; it runs the same in check mode.
+  diff_mode:
+    description: Will return details on what has changed.
+    support: none
+options:
+  url:
+    description: Base URL of the node's admin API, usually the host's C(exchange_admin_url).
+    type: str
+    required: true
+  token:
+    description: Bearer token of the admin API (from vault). Never logged.
+    type: str
+    required: true
+  timeout:
+    description: Seconds to wait for the answer.
+    type: float
+    default: 5
+  expect_component:
+    description: Fail unless the node reports this component (catches a wrong address in the inventory).
+    type: str
+    choices: [matching-engine, wallet-signer]
+"""
+
+EXAMPLES = r"""
+- name: Read node status from the admin API
+  exchangeops.patching.node_info:
+    url: "{{ exchange_admin_url }}"
+    token: "{{ exchange_admin_token }}"
+    expect_component: "{{ exchange_component }}"
+  delegate_to: localhost
+  register: node
+
+- name: Show the HA role
+  ansible.builtin.debug:
+    msg: "{{ inventory_hostname }} is {{ node.node.ha_role }} at seq {{ node.node.seq }}"
+"""
+
+RETURN = r"""
+node:
+  description: The node's status document (see docs/testbed.md, "Node HTTP API").
+  returned: success
+  type: dict
+  contains:
+    name:
+      description: Node name.
+      type: str
+    component:
+      description: matching-engine or wallet-signer.
+      type: str
+    version:
+      description: Version of the release the node runs.
+      type: str
+      sample: 1.4.2
+    ha_role:
+      description: primary or standby (matching), active (wallet).
+      type: str
+    ready:
+      description: Whether the node is ready for its role.
+      type: bool
+    seq:
+      description: Last applied journal sequence.
+      type: int
+    state_hash:
+      description: SHA-256 of the node's state at RV(node.seq).
+      type: str
+"""
+
+import json
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import fetch_url, url_argument_spec
+
+REQUIRED = ("component", "version", "ready")
+
+
+def main() -> None:
+    spec = url_argument_spec()
+    spec.update(
+        url=dict(type="str", required=True),
+        token=dict(type="str", required=True, no_log=True),
+        timeout=dict(type="float", default=5),
+        expect_component=dict(type="str", choices=["matching-engine", "wallet-signer"]),
+    )
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    url = module.params["url"].rstrip("/") + "/v1/status"
+    headers = {"Authorization": "Bearer {}".format(module.params["token"]), "Accept": "application/json"}
+    resp, info = fetch_url(module, url, headers=headers, method="GET", timeout=module.params["timeout"])
+    status = info.get("status", -1)
+    if status == 401:
+        module.fail_json(msg=f"{url} answered 401: the admin token was refused; check exchange_admin_token in vault")
+    if status != 200 or resp is None:
+        module.fail_json(msg=f"{url} is unreachable or failed ({status}: {info.get('msg', '')}); is the node up?")
+    try:
+        node = json.loads(resp.read())
+    except ValueError as e:
+        module.fail_json(msg=f"{url} did not answer JSON ({e})")
+    missing = [k for k in REQUIRED if k not in node]
+    if missing:
+        module.fail_json(msg=f"{url} answered without {', '.join(missing)}; "
+                         "the node does not implement the admin API contract")
+    expect = module.params["expect_component"]
+    if expect and node.get("component") != expect:
+        module.fail_json(msg=f"{url} is a {node.get('component')} node, not {expect}; "
+                         "fix exchange_admin_url or exchange_component in the inventory")
+    module.exit_json(changed=False, node=node)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""`exchpatch plan` end to end: CLI -> ansible-runner -> playbooks/plan.yml -> patch_plan module.
+
+Offline planning uses a facts file; live planning reads every node's /v1/status on a
+real testbed through the node_info module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+FEEDS = sorted(str(p) for p in (REPO / "feeds").iterdir() if p.is_file())
+CATALOG = str(REPO / "patches")
+NOW = "2026-11-24T00:00:00Z"
+FACTS = {"nodes": [
+    {"name": "match-0a", "component": "matching-engine", "version": "1.4.2", "criticality": "very_high",
+     "exposure": "controlled"},
+    {"name": "match-0b", "component": "matching-engine", "version": "1.4.2"},
+    {"name": "wallet-1", "component": "wallet-signer", "version": "2.3.0", "exposure": "small"},
+]}
+
+
+def exchpatch(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "exchpatch"), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def feed_args(feeds: list[str]) -> list[str]:
+    return [a for f in feeds for a in ("--feed", f)]
+
+
+@pytest.fixture
+def facts(tmp_path: Path) -> Path:
+    path = tmp_path / "facts.json"
+    path.write_text(json.dumps(FACTS))
+    return path
+
+
+def test_offline_plan_json_schema_and_order(facts):
+    res = exchpatch("plan", *feed_args(FEEDS), "--catalog", CATALOG, "--facts", str(facts), "--now", NOW, "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    plan = json.loads(res.stdout)  # nothing but one JSON document on stdout
+    assert plan["generated_at"] == NOW
+    assert plan["patches"], plan
+    for p in plan["patches"]:
+        assert {"id", "component", "version", "class", "due", "score", "targets", "cves", "explanation"} <= set(p)
+        assert p["class"] in ("immediate", "out_of_cycle", "scheduled", "defer")
+        for c in p["cves"]:
+            assert {"id", "kev", "epss", "cvss", "exploitation", "automatable", "technical_impact",
+                    "ssvc_deployer", "ssvc_cisa", "due"} <= set(c)
+        for e in p["explanation"]:
+            assert set(e) == {"factor", "value", "source", "effect"}
+    ranks = {"immediate": 0, "out_of_cycle": 1, "scheduled": 2, "defer": 3}
+    classes = [ranks[p["class"]] for p in plan["patches"]]
+    assert classes == sorted(classes)
+    # the KEV-listed, network-reachable order-book flaw in the sample feeds leads the plan
+    top = plan["patches"][0]
+    assert top["component"] == "matching-engine"
+    assert "CVE-2026-31337" in [c["id"] for c in top["cves"]]
+    assert top["targets"] == ["match-0a", "match-0b"]
+
+
+def test_offline_plan_text_is_a_table(facts):
+    res = exchpatch("plan", *feed_args(FEEDS), "--catalog", CATALOG, "--facts", str(facts), "--now", NOW)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[2].split()[:3] == ["RANK", "PATCH", "COMPONENT"]
+    assert "CVE-2026-31337" in res.stdout
+
+
+def test_patch_already_applied_everywhere_is_not_needed(tmp_path):
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps({"nodes": [
+        {"name": "match-0a", "component": "matching-engine", "version": "9.9.9"},
+        {"name": "wallet-1", "component": "wallet-signer", "version": "2.3.0"},
+    ]}))
+    res = exchpatch("plan", *feed_args(FEEDS), "--catalog", CATALOG, "--facts", str(facts), "--now", NOW, "--json")
+    plan = json.loads(res.stdout)
+    assert all(p["component"] != "matching-engine" for p in plan["patches"])
+    assert {n["component"] for n in plan["not_needed"]} >= {"matching-engine"}
+
+
+def _bad_catalog(tmp_path: Path, drop: str | None = None, **override) -> str:
+    folder = tmp_path / "catalog"
+    shutil.copytree(CATALOG, folder)
+    entry = sorted(folder.glob("*.yml"))[0]
+    lines = entry.read_text().splitlines()
+    if drop:
+        lines = [ln for ln in lines if not ln.startswith(f"{drop}:")]
+    for key, value in override.items():
+        lines = [f"{key}: {value}" if ln.startswith(f"{key}:") else ln for ln in lines]
+    entry.write_text("\n".join(lines) + "\n")
+    return str(folder)
+
+
+BAD_INPUTS = {
+    "feed is not JSON or CSV": (lambda t: (["--feed", _write(t, "junk.json", "{not json")], CATALOG), "junk.json"),
+    "unknown feed format": (lambda t: (["--feed", _write(t, "odd.json", '{"hello": "world"}')], CATALOG), "odd.json"),
+    "bad CVSS vector": (lambda t: (["--feed", _write(t, "nvd.json", json.dumps(_nvd_bad_vector()))], CATALOG),
+                        "CVSS:3.1/AV:X"),
+    "catalog entry missing a field": (lambda t: (feed_args(FEEDS), _bad_catalog(t, drop="released_at")), "released_at"),
+    "catalog entry unknown component": (lambda t: (feed_args(FEEDS), _bad_catalog(t, component="order-gateway")),
+                                        "order-gateway"),
+    "missing feed file": (lambda t: (["--feed", str(t / "absent.json")], CATALOG), "absent.json"),
+}
+
+
+def _write(tmp: Path, name: str, text: str) -> str:
+    path = tmp / name
+    path.write_text(text)
+    return str(path)
+
+
+def _nvd_bad_vector() -> dict:
+    return {"resultsPerPage": 1, "startIndex": 0, "totalResults": 1, "format": "NVD_CVE", "version": "2.0",
+            "timestamp": "2026-11-20T00:00:00.000", "vulnerabilities": [{"cve": {
+                "id": "CVE-2026-55555", "published": "2026-11-01T00:00:00.000",
+                "lastModified": "2026-11-02T00:00:00.000",
+                "vulnStatus": "Analyzed", "descriptions": [{"lang": "en", "value": "sample"}],
+                "metrics": {"cvssMetricV31": [{"source": "nvd@nist.gov", "type": "Primary", "cvssData": {
+                    "version": "3.1", "vectorString": "CVSS:3.1/AV:X/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
+                    "baseScore": 9.8, "baseSeverity": "CRITICAL"}}]}}}]}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_naming_the_thing_and_writes_no_plan(case, tmp_path, facts):
+    make, needle = BAD_INPUTS[case]
+    feeds, catalog = make(tmp_path)
+    res = exchpatch("plan", *feeds, "--catalog", catalog, "--facts", str(facts), "--now", NOW, "--json")
+    assert res.returncode == 2, (case, res.returncode, res.stdout, res.stderr)
+    doc = json.loads(res.stdout)
+    assert set(doc) == {"error"}, doc
+    assert needle in doc["error"], doc["error"]
+
+
+def test_bad_now_and_bad_facts_exit_2(tmp_path, facts):
+    res = exchpatch("plan", *feed_args(FEEDS), "--catalog", CATALOG, "--facts", str(facts), "--now", "yesterday")
+    assert res.returncode == 2 and "yesterday" in res.stderr
+    bad = tmp_path / "bad-facts.json"
+    bad.write_text(json.dumps({"nodes": [{"name": "x", "component": "order-gateway", "version": "1.0.0"}]}))
+    res = exchpatch("plan", *feed_args(FEEDS), "--catalog", CATALOG, "--facts", str(bad), "--now", NOW)
+    assert res.returncode == 2 and "unknown component 'order-gateway'" in res.stderr
+
+
+@pytest.mark.fleet
+def test_live_plan_reads_every_node(tmp_path):
+    from testbed import fleet as tb
+
+    root = tmp_path / "tb"
+    f = tb.up(root, shards=1, wallets=1, net=150 + (os.getpid() + 60) % 90)
+    try:
+        res = exchpatch("plan", *feed_args(FEEDS), "--catalog", CATALOG, "--inventory", f.inventory_dir,
+                        "--now", NOW, "--json")
+        assert res.returncode == 0, res.stdout + res.stderr
+        plan = json.loads(res.stdout)
+        me = [p for p in plan["patches"] if p["component"] == "matching-engine"]
+        assert me and set(me[0]["targets"]) == {"match-0a", "match-0b"}
+        tokens = [n.token() for n in f.nodes]
+        assert not any(t in res.stdout + res.stderr for t in tokens)
+        # a node that cannot be read fails the plan: missing data is never taken as "up to date"
+        tb.supervisorctl(f.node("wallet-1"), "stop", "wallet-signer")
+        res = exchpatch("plan", *feed_args(FEEDS), "--catalog", CATALOG, "--inventory", f.inventory_dir,
+                        "--now", NOW)
+        assert res.returncode == 1
+        assert "wallet-1" in res.stderr
+    finally:
+        tb.down(root)
+        shutil.rmtree(root, ignore_errors=True)
