@@ -173,3 +173,19 @@ def test_live_plan_reads_every_node(tmp_path):
     finally:
         tb.down(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_plan_playbook_check_mode_writes_nothing(tmp_path, facts):
+    """What AWX and ansible-playbook users run: the playbook itself, in check mode and not."""
+    dest = tmp_path / "plan.json"
+    extra = json.dumps({"plan_feeds": FEEDS, "plan_catalog": CATALOG, "plan_facts_file": str(facts),
+                        "plan_now": NOW, "plan_dest": str(dest)})
+    cmd = [str(BIN / "ansible-playbook"), "-i", str(REPO / "exchpatch" / "empty_inventory.yml"),
+           str(REPO / "playbooks" / "plan.yml"), "-e", extra]
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
+    checked = subprocess.run([*cmd, "--check"], capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    assert checked.returncode == 0, checked.stdout[-2000:]
+    assert not dest.exists()
+    ran = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    assert ran.returncode == 0, ran.stdout[-2000:]
+    assert json.loads(dest.read_text())["generated_at"] == NOW

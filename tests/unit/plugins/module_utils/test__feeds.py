@@ -95,7 +95,7 @@ def test_demo_feeds_load(path):
 
 
 def test_nvd_prefers_primary_v31_and_keeps_declared_score():
-    _, records = load_feed(fixture("nvd.json"))
+    _fmt, records = load_feed(fixture("nvd.json"))
     first, second = records
     assert isinstance(first, Advisory)
     assert first.cve == "CVE-2026-10001"
@@ -107,14 +107,14 @@ def test_nvd_prefers_primary_v31_and_keeps_declared_score():
 
 
 def test_nvd_camelcase_ssvc_is_normalised():
-    _, [adv] = load_feed(fixture("nvd-with-ssvc.json"))
+    _fmt, [adv] = load_feed(fixture("nvd-with-ssvc.json"))
     assert adv.ssvc is not None
     assert (adv.ssvc.exploitation, adv.ssvc.automatable, adv.ssvc.technical_impact) == ("poc", "no", "partial")
     assert adv.ssvc.date == "2026-11-07" and adv.ssvc.source == fixture("nvd-with-ssvc.json")
 
 
 def test_cve5_vulnrichment_ssvc_and_cna_cvss():
-    _, [adv] = load_feed(fixture("cve5-vulnrichment.json"))
+    _fmt, [adv] = load_feed(fixture("cve5-vulnrichment.json"))
     assert adv.cve == "CVE-2026-10001" and adv.source_format == "cve5"
     assert adv.ssvc is not None
     assert (adv.ssvc.exploitation, adv.ssvc.automatable, adv.ssvc.technical_impact) == ("none", "yes", "total")
@@ -144,7 +144,7 @@ def test_ssvc_values_are_case_insensitive(tmp_path):
     rec = load_json("cve5-vulnrichment.json")
     rec["containers"]["adp"][0]["metrics"][0]["other"]["content"]["options"] = [
         {"Exploitation": "Active"}, {"Automatable": "YES"}, {"Technical Impact": "Partial"}]
-    _, [adv] = load_feed(write(tmp_path, "cve.json", rec))
+    _fmt, [adv] = load_feed(write(tmp_path, "cve.json", rec))
     assert adv.ssvc is not None
     assert (adv.ssvc.exploitation, adv.ssvc.automatable, adv.ssvc.technical_impact) == ("active", "yes", "partial")
 
@@ -152,10 +152,10 @@ def test_ssvc_values_are_case_insensitive(tmp_path):
 def test_osv_single_record_list_and_api_answer(tmp_path):
     records = load_json("osv.json")
     ghsa, pysec = records
-    _, [single] = load_feed(write(tmp_path, "one.json", ghsa))
+    _fmt, [single] = load_feed(write(tmp_path, "one.json", ghsa))
     assert single.cve == "CVE-2026-10001" and single.aliases == ["GHSA-q4m5-8x2v-7h3c"]
     assert single.cvss_score == 8.1 and single.published == "2026-10-28"
-    _, listed = load_feed(write(tmp_path, "list.json", records))
+    _fmt, listed = load_feed(write(tmp_path, "list.json", records))
     assert [a.cve for a in listed] == ["CVE-2026-10001", "PYSEC-2026-77"]
     assert listed[1].aliases == ["GHSA-9w3r-2c6j-p5xq"] and listed[1].cvss_score is None
     withdrawn = dict(pysec, withdrawn="2026-11-12T00:00:00Z")
@@ -164,7 +164,7 @@ def test_osv_single_record_list_and_api_answer(tmp_path):
 
 
 def test_csaf_vulnerabilities_and_vendor_ids():
-    _, records = load_feed(fixture("csaf.json"))
+    _fmt, records = load_feed(fixture("csaf.json"))
     assert [a.cve for a in records] == ["CVE-2026-10002", "CVE-2026-10004"]
     assert records[0].aliases == ["EXO-BUG-7711"]
     assert records[0].cvss_score == 4.3 and records[0].published == "2026-11-04"
@@ -172,7 +172,7 @@ def test_csaf_vulnerabilities_and_vendor_ids():
 
 
 def test_kev_entries():
-    _, records = load_feed(fixture("kev.json"))
+    _fmt, records = load_feed(fixture("kev.json"))
     by_cve = {e.cve: e for e in records}
     assert all(isinstance(e, KevEntry) for e in records)
     assert by_cve["CVE-2026-10003"].ransomware is True
@@ -182,7 +182,7 @@ def test_kev_entries():
 
 
 def test_epss_rows_and_model_line():
-    _, records = load_feed(fixture("epss.csv"))
+    _fmt, records = load_feed(fixture("epss.csv"))
     first = records[0]
     assert isinstance(first, EpssEntry)
     assert (first.cve, first.epss, first.percentile) == ("CVE-2026-10001", 0.94112, 0.99913)
@@ -286,7 +286,7 @@ def test_each_distinct_vector_is_parsed_once_per_load(tmp_path, monkeypatch):
     real = _feeds.parse_cvss
     monkeypatch.setattr(_feeds, "parse_cvss", lambda v: calls.append(v) or real(v))
     records = [nvd_record(f"CVE-2026-{50000 + i}", V31_CRIT if i % 2 else V40_CRIT) for i in range(400)]
-    _, advisories = load_feed(write(tmp_path, "nvd.json", nvd_doc(*records)))
+    _fmt, advisories = load_feed(write(tmp_path, "nvd.json", nvd_doc(*records)))
     assert len(advisories) == 400
     assert sorted(calls) == sorted([V31_CRIT, V40_CRIT])
 
@@ -303,8 +303,8 @@ def test_missing_cvss_library_is_a_clear_error(monkeypatch):
 def test_feed_error_shape_and_pickle():
     err = FeedError("f.json", "vulnerabilities[3] CVE-2026-1234", "bad thing", "do this")
     assert str(err) == "f.json: vulnerabilities[3] CVE-2026-1234: bad thing; do this"
-    assert (err.path, err.record, err.message, err.fix) == ("f.json", "vulnerabilities[3] CVE-2026-1234",
-                                                             "bad thing", "do this")
+    expected = ("f.json", "vulnerabilities[3] CVE-2026-1234", "bad thing", "do this")
+    assert (err.path, err.record, err.message, err.fix) == expected
     assert str(FeedError("f.json", None, "bad", "fix")) == "f.json: bad; fix"
     assert isinstance(err, ValueError)
     clone = pickle.loads(pickle.dumps(err))
