@@ -124,7 +124,7 @@ def main() -> None:
     paths = generate(folder, args.records, args.patches)
     size = sum(os.path.getsize(paths[k]) for k in ("nvd", "kev", "epss")) / 1e6
     loads, plans, ranked = [], [], 0
-    for _ in range(args.repeat):
+    for _round in range(args.repeat):
         gc.collect()
         loads.append(load_only(paths))
         gc.collect()
@@ -135,7 +135,7 @@ def main() -> None:
             ("ranked", str(ranked)), ("json.load + csv (s, best)", f"{load_s:.2f}"),
             ("plan (s, best)", f"{plan_s:.2f}"), ("plan / load", f"{plan_s / load_s:.2f}x"),
             ("goal", "<= 3.00x")]
-    width = max(len(k) for k, _ in rows)
+    width = max(len(k) for k, _value in rows)
     for k, v in rows:
         print(f"{k.ljust(width)}  {v}")
     print(f"(inputs cached in {folder}; delete it to regenerate)")
