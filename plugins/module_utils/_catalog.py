@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from ansible_collections.exchangeops.patching.plugins.module_utils._errors import InputError
+
 try:
     import yaml
 except ImportError:
@@ -62,19 +64,8 @@ _ARTIFACT_FIELDS = ("url", "sha256", "signature")
 _CHANGE_FIELDS = ("files", "lines")
 
 
-class CatalogError(ValueError):
+class CatalogError(InputError):
     """A catalog entry that cannot be used; ``str()`` is ``"<path>: <record>: <message>; <fix>"``."""
-
-    def __init__(self, path: str, record: str | None, message: str, fix: str) -> None:
-        self.path = path
-        self.record = record
-        self.message = message
-        self.fix = fix
-        where = f"{path}: {record}" if record else path
-        super().__init__(f"{where}: {message}; {fix}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (self.__class__, (self.path, self.record, self.message, self.fix))
 
 
 @dataclass(frozen=True)

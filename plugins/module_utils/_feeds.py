@@ -31,6 +31,8 @@ from datetime import date, datetime
 from types import MappingProxyType
 from typing import Any
 
+from ansible_collections.exchangeops.patching.plugins.module_utils._errors import InputError
+
 try:
     from cvss import CVSS2, CVSS3, CVSS4
     from cvss.exceptions import CVSSError
@@ -79,19 +81,8 @@ _SSVC_ALLOWED = MappingProxyType(
 )
 
 
-class FeedError(ValueError):
+class FeedError(InputError):
     """A feed that cannot be used; ``str()`` is ``"<path>: <record>: <message>; <fix>"``."""
-
-    def __init__(self, path: str, record: str | None, message: str, fix: str) -> None:
-        self.path = path
-        self.record = record
-        self.message = message
-        self.fix = fix
-        where = f"{path}: {record}" if record else path
-        super().__init__(f"{where}: {message}; {fix}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (self.__class__, (self.path, self.record, self.message, self.fix))
 
 
 @dataclass
