@@ -22,7 +22,7 @@ help:
 	@echo "make test          set up and run every check (CI runs this)"
 	@echo "make setup         install system packages (apt-get) and .venv (pinned)"
 	@echo "make lint          ruff, yamllint, ansible-lint (production profile)"
-	@echo "make sanity        ansible-test sanity (no ignores)"
+	@echo "make sanity        ansible-test sanity (no ignores) and units"
 	@echo "make testbed-up    start the default testbed (2 shards x 2 + 2 wallets, HAProxy)"
 	@echo "make testbed-down  stop it; nothing is left listening"
 	@echo "make bench         run the benchmarks in bench/ (never run by CI)"
@@ -71,9 +71,10 @@ yamllint: setup
 ansible-lint: setup
 	$(BIN)/ansible-lint --profile production --strict --nocolor
 
-# ansible-test sanity, from a temporary ansible_collections/exchangeops/patching copy
+# ansible-test sanity and units, from a temporary ansible_collections/exchangeops/patching copy
 sanity: setup
 	scripts/ansible-test.sh sanity
+	scripts/ansible-test.sh units --requirements
 
 pytest: setup
 	$(BIN)/pytest -q

@@ -189,3 +189,16 @@ def test_plan_playbook_check_mode_writes_nothing(tmp_path, facts):
     ran = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     assert ran.returncode == 0, ran.stdout[-2000:]
     assert json.loads(dest.read_text())["generated_at"] == NOW
+
+
+def test_patch_info_returns_a_validated_entry_or_names_the_known_ids():
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
+    cmd = [str(BIN / "ansible"), "localhost", "-m", "exchangeops.patching.patch_info"]
+    ok = subprocess.run([*cmd, "-a", f"catalog={CATALOG} id=matching-engine-1.4.3"], capture_output=True,
+                        text=True, env=env, cwd=REPO, check=False)
+    assert ok.returncode == 0, ok.stdout
+    assert '"version": "1.4.3"' in ok.stdout and '"component": "matching-engine"' in ok.stdout
+    bad = subprocess.run([*cmd, "-a", f"catalog={CATALOG} id=matching-engine-9.9.9"], capture_output=True,
+                         text=True, env=env, cwd=REPO, check=False)
+    assert bad.returncode != 0
+    assert "not in the catalog" in bad.stdout and "matching-engine-1.4.3" in bad.stdout
