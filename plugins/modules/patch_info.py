@@ -85,7 +85,6 @@ bad_input:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.exchangeops.patching.plugins.module_utils import _catalog
 
 
