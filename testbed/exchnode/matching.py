@@ -24,6 +24,10 @@ LIFO inside a price level (newest first, instead of time priority) and, when an 
 order is partly filled, rests its full quantity instead of the unfilled remainder. Both are
 deterministic, so the node replays and serves normally, but its state hash differs from an
 unpatched node's at the same sequence.
+
+``GET /v1/state/hash?seq=N`` answers the state hash at any applied sequence N by replaying the
+journal up to N into a ``ScratchEngine`` with this release's own apply code, so two nodes on
+different releases can be compared at the same N while orders keep flowing.
 """
 
 from __future__ import annotations
@@ -203,10 +207,122 @@ class Market:
         self.acks: dict[str, dict[str, Any]] = {}  # the original ack of every client_order_id
 
 
+# --------------------------------------------------------------------------- engine state
+
+
+class EngineState:
+    """The books of a node's markets and the code that applies journal entries to them.
+
+    ``MatchingNode`` is one (its live state); ``/v1/state/hash`` replays a journal prefix into a
+    scratch one (``ScratchEngine``), so the hash a node reports at any sequence comes from the
+    node's own release code, bugs included.
+    """
+
+    market_names: list[str]
+    faulty: bool
+    _state_lock: threading.RLock
+
+    def _reset_state(self) -> None:
+        with self._state_lock:
+            self.markets: dict[str, Market] = {m: Market(m, self.faulty) for m in self.market_names}
+            self._applied = 0
+            self._orders_total = 0
+            self._hash_cache: str | None = None
+
+    def _market(self, name: str) -> Market:
+        m = self.markets.get(name)
+        if m is None:  # an entry for a market this node's config lacks: keep it, deterministically
+            m = self.markets[name] = Market(name, self.faulty)
+        return m
+
+    def _apply(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Apply one journal entry to the books; deterministic, never raises for a journaled entry."""
+        with self._state_lock:
+            result: dict[str, Any] = {}
+            try:
+                kind = entry.get("type")
+                if kind == "order":
+                    result = self._apply_order(entry)
+                elif kind == "cancel":
+                    result = self._apply_cancel(entry)
+                elif kind == "mode":
+                    for name in entry.get("markets") or []:
+                        self._market(name).mode = entry["mode"]
+                    result = {"mode": entry["mode"], "markets": list(entry.get("markets") or [])}
+                else:
+                    LOG.warning("journal entry %s has unknown type %r; skipped", entry.get("seq"), kind)
+            except Exception:
+                LOG.exception("applying journal entry %s failed", entry.get("seq"))
+            self._applied = int(entry["seq"])
+            self._hash_cache = None
+            return result
+
+    def _apply_order(self, e: dict[str, Any]) -> dict[str, Any]:
+        m = self._market(e["market"])
+        coid = e["client_order_id"]
+        if coid in m.acks:  # never a second order for a client_order_id
+            return dict(m.acks[coid])
+        seq = int(e["seq"])
+        order = Order(f"o-{seq}", coid, m.name, e["side"], int(e["price"]), int(e["qty"]), seq)
+        m.book.match(order)
+        if order.remaining > 0:
+            if self.faulty and order.filled_qty:
+                order.remaining = order.qty  # the state-divergence bug: fills not deducted from the rest
+            m.book.rest(order)
+        if order.remaining == 0:
+            order.status = "filled"
+        elif order.filled_qty:
+            order.status = "partially_filled"
+        m.orders.append(order)
+        m.by_client_id[coid] = order
+        self._orders_total += 1
+        ack = {
+            "order_id": order.order_id, "client_order_id": coid, "market": m.name, "side": order.side,
+            "price": order.price, "qty": order.qty, "seq": seq, "status": order.status,
+            "filled_qty": order.filled_qty,
+        }
+        m.acks[coid] = ack
+        return dict(ack)
+
+    def _apply_cancel(self, e: dict[str, Any]) -> dict[str, Any]:
+        m = self._market(e["market"])
+        order = m.by_client_id.get(e["client_order_id"])
+        if order is None:
+            return {"client_order_id": e["client_order_id"], "status": "unknown", "seq": e["seq"]}
+        if order.status in ("open", "partially_filled"):
+            m.book.remove(order)
+            order.remaining = 0
+            order.status = "cancelled"
+            order.cancel_seq = int(e["seq"])
+        return {"client_order_id": order.client_order_id, "status": order.status, "seq": e["seq"]}
+
+    def _canonical(self) -> dict[str, Any]:
+        return {
+            name: {"mode": m.mode, "bids": m.book.canonical("buy"), "asks": m.book.canonical("sell")}
+            for name, m in self.markets.items()
+        }
+
+    def _state_hash(self) -> str:
+        with self._state_lock:
+            if self._hash_cache is None:
+                self._hash_cache = canonical_hash({"markets": self._canonical()})
+            return self._hash_cache
+
+
+class ScratchEngine(EngineState):
+    """A private engine with the node's markets and apply code, for replaying a journal prefix."""
+
+    def __init__(self, market_names: list[str], faulty: bool) -> None:
+        self.market_names = list(market_names)
+        self.faulty = faulty
+        self._state_lock = threading.RLock()
+        self._reset_state()
+
+
 # --------------------------------------------------------------------------- node
 
 
-class MatchingNode(Node):
+class MatchingNode(Node, EngineState):
     component = "matching-engine"
 
     def __init__(self, config: dict[str, Any], release: Release) -> None:
@@ -238,6 +354,8 @@ class MatchingNode(Node):
         self._peer_contact = 0.0
         self._peer_is_primary = False
         self._diverged = False
+        self._replay_lock = threading.Lock()  # the /v1/state/hash checkpoint below
+        self._checkpoint: tuple[str, ScratchEngine] | None = None  # (hash of its last entry, engine)
         self._reset_state()
 
         add = self.router.add
@@ -248,6 +366,7 @@ class MatchingNode(Node):
         add("POST", "/v1/markets/mode", self._h_mode, auth="admin")
         add("POST", "/v1/ha/step-down", self._h_step_down, auth="admin")
         add("POST", "/v1/ha/promote", self._h_promote, auth="admin")
+        add("GET", "/v1/state/hash", self._h_state_hash, auth="admin")
         add("POST", "/v1/replication/append", self._h_append, auth="replication")
         add("GET", "/v1/replication/journal", self._h_journal, auth="replication")
 
@@ -334,19 +453,6 @@ class MatchingNode(Node):
 
     # ------------------------------------------------------------------ state
 
-    def _reset_state(self) -> None:
-        with self._state_lock:
-            self.markets: dict[str, Market] = {m: Market(m, self.faulty) for m in self.market_names}
-            self._applied = 0
-            self._orders_total = 0
-            self._hash_cache: str | None = None
-
-    def _market(self, name: str) -> Market:
-        m = self.markets.get(name)
-        if m is None:  # an entry for a market this node's config lacks: keep it, deterministically
-            m = self.markets[name] = Market(name, self.faulty)
-        return m
-
     def _replay(self) -> None:
         assert self.journal is not None
         records = self.journal.records
@@ -371,79 +477,6 @@ class MatchingNode(Node):
         with self._state_lock:
             for e in self.journal.records[self._applied:]:
                 self._apply(e)
-
-    def _apply(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """Apply one journal entry to the books; deterministic, never raises for a journaled entry."""
-        with self._state_lock:
-            result: dict[str, Any] = {}
-            try:
-                kind = entry.get("type")
-                if kind == "order":
-                    result = self._apply_order(entry)
-                elif kind == "cancel":
-                    result = self._apply_cancel(entry)
-                elif kind == "mode":
-                    for name in entry.get("markets") or []:
-                        self._market(name).mode = entry["mode"]
-                    result = {"mode": entry["mode"], "markets": list(entry.get("markets") or [])}
-                else:
-                    LOG.warning("journal entry %s has unknown type %r; skipped", entry.get("seq"), kind)
-            except Exception:
-                LOG.exception("applying journal entry %s failed", entry.get("seq"))
-            self._applied = int(entry["seq"])
-            self._hash_cache = None
-            return result
-
-    def _apply_order(self, e: dict[str, Any]) -> dict[str, Any]:
-        m = self._market(e["market"])
-        coid = e["client_order_id"]
-        if coid in m.acks:  # never a second order for a client_order_id
-            return dict(m.acks[coid])
-        seq = int(e["seq"])
-        order = Order(f"o-{seq}", coid, m.name, e["side"], int(e["price"]), int(e["qty"]), seq)
-        m.book.match(order)
-        if order.remaining > 0:
-            if self.faulty and order.filled_qty:
-                order.remaining = order.qty  # the state-divergence bug: fills not deducted from the rest
-            m.book.rest(order)
-        if order.remaining == 0:
-            order.status = "filled"
-        elif order.filled_qty:
-            order.status = "partially_filled"
-        m.orders.append(order)
-        m.by_client_id[coid] = order
-        self._orders_total += 1
-        ack = {
-            "order_id": order.order_id, "client_order_id": coid, "market": m.name, "side": order.side,
-            "price": order.price, "qty": order.qty, "seq": seq, "status": order.status,
-            "filled_qty": order.filled_qty,
-        }
-        m.acks[coid] = ack
-        return dict(ack)
-
-    def _apply_cancel(self, e: dict[str, Any]) -> dict[str, Any]:
-        m = self._market(e["market"])
-        order = m.by_client_id.get(e["client_order_id"])
-        if order is None:
-            return {"client_order_id": e["client_order_id"], "status": "unknown", "seq": e["seq"]}
-        if order.status in ("open", "partially_filled"):
-            m.book.remove(order)
-            order.remaining = 0
-            order.status = "cancelled"
-            order.cancel_seq = int(e["seq"])
-        return {"client_order_id": order.client_order_id, "status": order.status, "seq": e["seq"]}
-
-    def _canonical(self) -> dict[str, Any]:
-        return {
-            name: {"mode": m.mode, "bids": m.book.canonical("buy"), "asks": m.book.canonical("sell")}
-            for name, m in self.markets.items()
-        }
-
-    def _state_hash(self) -> str:
-        with self._state_lock:
-            if self._hash_cache is None:
-                self._hash_cache = canonical_hash({"markets": self._canonical()})
-            return self._hash_cache
 
     def _journal_seq(self) -> int:
         assert self.journal is not None
@@ -888,6 +921,48 @@ class MatchingNode(Node):
             LOG.warning("promoted to primary in term %d at seq %d", term, self._applied)
         self._wake.set()
         return self._ha_answer()
+
+    def _h_state_hash(self, req: Request) -> Any:
+        """State hash at journal sequence ``seq`` (default: the last applied one).
+
+        Computed by replaying our own journal up to ``seq`` into a scratch engine with this
+        release's apply code, so a peer running another release can be compared at the same
+        sequence while orders keep flowing. The scratch engine is kept as a checkpoint: the
+        health gate asks for growing sequences, and each ask only replays the new entries.
+        """
+        assert self.journal is not None
+        with self._state_lock:
+            applied, live_hash = self._applied, self._state_hash()
+        raw = req.query.get("seq")
+        try:
+            seq = applied if raw is None else int(raw)
+        except ValueError as e:
+            raise HttpError(400, f"seq must be an integer, got {raw!r}") from e
+        if seq < 0:
+            raise HttpError(400, f"seq must be >= 0, got {seq}")
+        if seq > applied:
+            raise HttpError(409, f"seq {seq} is beyond this node's last applied seq {applied}; "
+                            f"ask for seq <= {applied}", seq=applied)
+        if seq == applied:
+            return {"seq": seq, "state_hash": live_hash}
+        records = self.journal.records  # a snapshot reference: replace() swaps the list, append extends it
+        if seq > len(records):  # the journal was replaced (resync) since we read the applied seq
+            raise HttpError(409, f"seq {seq} is beyond this node's journal ({len(records)} entries); retry",
+                            seq=len(records))
+        with self._replay_lock:
+            engine: ScratchEngine | None = None
+            if self._checkpoint is not None:
+                last_hash, engine = self._checkpoint
+                at = engine._applied
+                # Reuse the checkpoint only when it is a prefix of the journal we replay now.
+                if at > seq or (at and records[at - 1].get("hash") != last_hash):
+                    engine = None
+            if engine is None:
+                engine = ScratchEngine(self.market_names, self.faulty)
+            for e in records[engine._applied:seq]:
+                engine._apply(e)
+            self._checkpoint = (records[seq - 1].get("hash", "") if seq else "", engine)
+            return {"seq": seq, "state_hash": engine._state_hash()}
 
     # ------------------------------------------------------------------ replication routes
 

@@ -5,6 +5,8 @@ Every test runs real node processes on private loopback addresses (tests/testbed
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -393,3 +395,80 @@ def test_state_divergence_release(pair: Callable[..., tuple[NodeProc, NodeProc]]
     b.start()
     b.wait_ready()
     assert status(b)["state_hash"] == sb["state_hash"]
+
+
+# --------------------------------------------------------------------------- state hash at a sequence
+
+
+def state_hash_at(node: NodeProc, seq: int | str) -> tuple[int, Any]:
+    return node.admin("GET", f"/v1/state/hash?seq={seq}")
+
+
+def write_journal(path: Path, n: int) -> None:
+    """A valid journal of ``n`` orders and cancels (chained hashes as the node writes them)."""
+    prev = ""
+    lines = []
+    for i in range(n):
+        side = "buy" if i % 3 else "sell"
+        entry: dict[str, Any] = {"seq": i + 1, "term": 1, "ts": 0.0, "market": MARKETS[i % 2]}
+        if i % 10 == 9:
+            entry.update(type="cancel", client_order_id=f"j-{i - 6}")
+        else:
+            entry.update(type="order", client_order_id=f"j-{i}", side=side,
+                         price=100 + (i * 7) % 23 - (3 if side == "buy" else 0), qty=3 + (i * 5) % 11)
+        body = json.dumps({"prev": prev, "entry": entry}, sort_keys=True, separators=(",", ":"))
+        entry["hash"] = prev = hashlib.sha256(body.encode()).hexdigest()
+        lines.append(json.dumps(entry, sort_keys=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_state_hash_at_sequence(pair: Callable[..., tuple[NodeProc, NodeProc]]) -> None:
+    a, b = pair(fault_b="state-divergence")
+    seen: dict[int, str] = {}
+    for i in range(24):
+        side = "buy" if i % 3 else "sell"
+        ok_order(a, f"h-{i}", side, 100 + (i * 7) % 5 - (2 if side == "buy" else 0), 3 + (i * 5) % 11,
+                 MARKETS[i % 2])
+        st = status(a)
+        seen[st["seq"]] = st["state_hash"]
+    faulty_live = status(b)
+    assert faulty_live["seq"] == 24
+
+    # Replayed hashes are the hashes the node had live at each sequence, asked in any order
+    # (growing asks reuse the checkpoint, a lower one rebuilds it).
+    for seq in [5, 9, 24, 3, 17, 17, 23, 1]:
+        assert state_hash_at(a, seq) == (200, {"seq": seq, "state_hash": seen[seq]}), seq
+    assert a.admin("GET", "/v1/state/hash") == (200, {"seq": 24, "state_hash": seen[24]})
+    assert state_hash_at(a, 0)[1]["state_hash"] == state_hash_at(b, 0)[1]["state_hash"]
+
+    # The state-divergence release replays with its own (buggy) code: it reports its own hash,
+    # which differs from the unpatched primary's at the same sequence.
+    code, body = state_hash_at(b, 24)
+    assert code == 200 and body["state_hash"] == faulty_live["state_hash"] != seen[24]
+    ok_order(a, "h-more", "sell", 99, 4)  # b moves on; seq 24 is now a replay on both
+    assert state_hash_at(b, 24)[1]["state_hash"] == faulty_live["state_hash"]
+    assert state_hash_at(a, 24)[1]["state_hash"] == seen[24]
+
+    # Errors name the problem.
+    code, body = state_hash_at(a, 99)
+    assert code == 409 and "beyond this node's last applied seq 25" in body["error"] and body["seq"] == 25
+    assert state_hash_at(a, -1)[0] == 400
+    code, body = state_hash_at(a, "x")
+    assert code == 400 and "integer" in body["error"]
+    assert http("GET", a.url + "/v1/state/hash?seq=1")[0] == 401
+
+
+def test_state_hash_replays_a_long_journal(single: Factory) -> None:
+    node = single()
+    write_journal(Path(node.config["data_dir"]) / "journal.jsonl", 20_000)
+    node.start()
+    node.wait_ready(role="primary", timeout=60)
+    live = status(node)
+    assert live["seq"] == 20_000
+    ok_order(node, "after", "buy", 1, 1)  # seq 20001: asking for 20000 is now a full replay
+    code, body = state_hash_at(node, 20_000)
+    assert (code, body) == (200, {"seq": 20_000, "state_hash": live["state_hash"]})
+    first = state_hash_at(node, 15_000)[1]  # lower than the checkpoint: replayed from scratch
+    assert state_hash_at(node, 7_000)[1]["state_hash"] != first["state_hash"]
+    assert state_hash_at(node, 15_000)[1] == first  # from the 7000 checkpoint

@@ -1,0 +1,350 @@
+#!/usr/bin/python
+# Copyright (c) 2026, exchangeops engineering
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: node_action
+short_description: Step down, promote, change market modes or pause withdrawals on an exchange node
+version_added: 0.1.0
+description:
+  - Runs one operational action on a node through its admin API, reading C(/v1/status) first so
+    that an action the node is already past changes nothing and reports C(changed=false).
+  - C(step_down) - a matching-engine primary hands its standby every entry and becomes standby
+    (C(POST /v1/ha/step-down)); a standby is left alone.
+  - C(promote) - a matching-engine standby becomes primary (C(POST /v1/ha/promote)); the node refuses
+    while its peer is still primary unless O(force) (only for a peer that is down). A primary is
+    left alone.
+  - C(market_mode) - sets O(mode) on O(markets) (all the node's markets when omitted) of a
+    matching-engine primary (C(POST /v1/markets/mode)); only the markets not in that mode yet are sent.
+  - C(pause_withdrawals) and C(resume_withdrawals) - stop or restart taking withdrawals off a
+    wallet-signer's queue (C(POST /v1/withdrawals/pause|resume)); what is queued stays queued.
+  - C(wait_in_flight) - waits until the wallet-signer has no withdrawal being signed (C(in_flight)
+    is 0 in C(/v1/status)), and fails after O(timeout) seconds. It changes nothing.
+  - Unreachable nodes, refused tokens and unexpected answers fail the task with a message naming the node.
+  - Runs on the controller (the admin API is HTTP); delegate it to C(localhost).
+author:
+  - exchangeops engineering (@exchangeops)
+extends_documentation_fragment:
+  - ansible.builtin.url
+attributes:
+  check_mode:
+    description: Can run in check mode and report what would change without changing it.
+    support: full
+    details:
+      - Reads the node's status and reports whether the action would change it, without any POST.
+      - C(wait_in_flight) is read-only and waits in check mode too.
+  diff_mode:
+    description: Will return details on what has changed (or would have changed in check mode).
+    support: full
+    details: The before and after of the HA role, the market modes or the withdrawal state.
+options:
+  url:
+    description: Base URL of the node's admin API, usually the host's C(exchange_admin_url).
+    type: str
+    required: true
+  token:
+    description: Bearer token of the admin API (from vault). Never logged.
+    type: str
+    required: true
+  action:
+    description: What to do; see the description.
+    type: str
+    required: true
+    choices: [step_down, promote, market_mode, pause_withdrawals, resume_withdrawals, wait_in_flight]
+  mode:
+    description: The market mode to set; required with O(action=market_mode).
+    type: str
+    choices: [open, post_only, cancel_only, halted]
+  markets:
+    description: Markets to set O(mode) on (O(action=market_mode)); all the node's markets when omitted.
+    type: list
+    elements: str
+  force:
+    description:
+      - With O(action=promote), promote even though the peer still claims to be primary.
+      - Only for a peer that is down or cut off; two serving primaries lose orders.
+    type: bool
+    default: false
+  timeout:
+    description: Seconds to wait for each answer, and for O(action=wait_in_flight) to see no withdrawal in flight.
+    type: float
+    default: 30
+"""
+
+EXAMPLES = r"""
+- name: Step the shard's primary down before patching it
+  exchangeops.patching.node_action:
+    url: "{{ exchange_admin_url }}"
+    token: "{{ exchange_admin_token }}"
+    action: step_down
+  delegate_to: localhost
+
+- name: Promote the patched standby
+  exchangeops.patching.node_action:
+    url: "{{ hostvars[patched_standby].exchange_admin_url }}"
+    token: "{{ hostvars[patched_standby].exchange_admin_token }}"
+    action: promote
+  delegate_to: localhost
+
+- name: Put the shard's markets in cancel-only mode
+  exchangeops.patching.node_action:
+    url: "{{ exchange_admin_url }}"
+    token: "{{ exchange_admin_token }}"
+    action: market_mode
+    mode: cancel_only
+    markets: [BTC-USD]
+  delegate_to: localhost
+
+- name: Pause withdrawals on the wallet signer
+  exchangeops.patching.node_action:
+    url: "{{ exchange_admin_url }}"
+    token: "{{ exchange_admin_token }}"
+    action: pause_withdrawals
+  delegate_to: localhost
+
+- name: Wait for in-flight signing to finish
+  exchangeops.patching.node_action:
+    url: "{{ exchange_admin_url }}"
+    token: "{{ exchange_admin_token }}"
+    action: wait_in_flight
+    timeout: 60
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+action:
+  description: The action run.
+  returned: always
+  type: str
+  sample: step_down
+before:
+  description: The part of the node's status the action is about, before it.
+  returned: success
+  type: dict
+  sample: {"ha_role": "primary", "seq": 1204, "term": 3}
+after:
+  description:
+    - The same after the action; in check mode, what it would be.
+  returned: success
+  type: dict
+  sample: {"ha_role": "standby", "seq": 1204, "term": 3}
+node:
+  description: The node's answer to the POST (absent when nothing was sent).
+  returned: when the action was sent
+  type: dict
+waited:
+  description: Seconds O(action=wait_in_flight) waited.
+  returned: action=wait_in_flight
+  type: float
+  sample: 0.2
+"""
+
+import json
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import fetch_url, url_argument_spec
+
+MATCHING = "matching-engine"
+WALLET = "wallet-signer"
+COMPONENT_OF = {
+    "step_down": MATCHING,
+    "promote": MATCHING,
+    "market_mode": MATCHING,
+    "pause_withdrawals": WALLET,
+    "resume_withdrawals": WALLET,
+    "wait_in_flight": WALLET,
+}
+POLL_S = 0.2
+
+
+class Admin:
+    """The node's admin API: JSON in, JSON out, every failure a fail_json naming the node."""
+
+    def __init__(self, module: AnsibleModule) -> None:
+        self.module = module
+        self.base = module.params["url"].rstrip("/")
+        self.token = module.params["token"]
+        self.timeout = module.params["timeout"]
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        """(status, JSON object); fails the task when unreachable, on 401 and on a non-JSON answer."""
+        url = self.base + path
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body)
+            headers["Content-Type"] = "application/json"
+        resp, info = fetch_url(self.module, url, data=data, headers=headers, method=method, timeout=self.timeout)
+        status = info.get("status", -1)
+        if status == 401:
+            self.module.fail_json(msg=f"{url} answered 401: the admin token was refused; "
+                                  "check token (the node's admin token in vault)")
+        if status is None or status < 100:
+            self.module.fail_json(msg=f"{url} is unreachable ({info.get('msg', 'no answer')}); is the node up?")
+        raw = resp.read() if resp is not None else info.get("body") or b""
+        try:
+            doc = json.loads(raw)
+        except ValueError as e:
+            self.module.fail_json(msg=f"{method} {url} answered {status} without JSON ({e}); "
+                                  "the node does not implement the admin API contract")
+        if not isinstance(doc, dict):
+            self.module.fail_json(msg=f"{method} {url} answered {status} with a JSON {type(doc).__name__}, "
+                                  "not an object; the node does not implement the admin API contract")
+        return status, doc
+
+    def status(self) -> dict:
+        status, doc = self.call("GET", "/v1/status")
+        if status != 200:
+            self.module.fail_json(msg=f"{self.base}/v1/status answered {status}: {doc.get('error', doc)}")
+        return doc
+
+    def post(self, path: str, body: dict) -> dict:
+        status, doc = self.call("POST", path, body)
+        if status != 200:
+            self.module.fail_json(msg=f"POST {self.base}{path} answered {status}: {doc.get('error', doc)}",
+                                  node=doc)
+        return doc
+
+
+def require(module: AnsibleModule, node: dict, fields: tuple[str, ...], base: str) -> None:
+    missing = [f for f in fields if f not in node]
+    if missing:
+        module.fail_json(msg=f"{base}/v1/status has no {', '.join(missing)}; "
+                         "the node does not implement the admin API contract")
+
+
+def ha_view(node: dict) -> dict:
+    return {"ha_role": node.get("ha_role"), "seq": node.get("seq"), "term": node.get("term")}
+
+
+def step_down(module: AnsibleModule, api: Admin, node: dict) -> dict:
+    require(module, node, ("ha_role",), api.base)
+    before = ha_view(node)
+    if node["ha_role"] != "primary":
+        return dict(changed=False, before=before, after=before)
+    if module.check_mode:
+        return dict(changed=True, before=before, after={**before, "ha_role": "standby"})
+    answer = api.post("/v1/ha/step-down", {})
+    return dict(changed=True, before=before, after=ha_view(answer), node=answer)
+
+
+def promote(module: AnsibleModule, api: Admin, node: dict) -> dict:
+    require(module, node, ("ha_role",), api.base)
+    before = ha_view(node)
+    if node["ha_role"] == "primary":
+        return dict(changed=False, before=before, after=before)
+    if module.check_mode:
+        return dict(changed=True, before=before, after={**before, "ha_role": "primary"})
+    status, answer = api.call("POST", "/v1/ha/promote", {"force": module.params["force"]})
+    if status == 409:
+        module.fail_json(msg=f"{api.base} refused to be promoted: {answer.get('error')} (peer "
+                         f"{answer.get('peer')}, term {answer.get('peer_term')}); step the peer down first, or "
+                         "set force=true only if the peer is down", node=answer)
+    if status != 200:
+        module.fail_json(msg=f"POST {api.base}/v1/ha/promote answered {status}: {answer.get('error', answer)}",
+                         node=answer)
+    return dict(changed=True, before=before, after=ha_view(answer), node=answer)
+
+
+def market_mode(module: AnsibleModule, api: Admin, node: dict) -> dict:
+    mode = module.params["mode"]
+    if not mode:
+        module.fail_json(msg="action=market_mode needs mode (open, post_only, cancel_only or halted)")
+    require(module, node, ("market_modes", "ha_role"), api.base)
+    modes = dict(node["market_modes"])
+    markets = list(dict.fromkeys(module.params["markets"] or list(modes)))
+    unknown = [m for m in markets if m not in modes]
+    if unknown:
+        module.fail_json(msg=f"{api.base} serves no market {', '.join(unknown)}; it serves "
+                         f"{', '.join(sorted(modes)) or 'none'}: fix markets")
+    to_change = [m for m in markets if modes[m] != mode]
+    before = {"market_modes": modes}
+    if not to_change:
+        return dict(changed=False, before=before, after=before)
+    if node["ha_role"] != "primary":
+        module.fail_json(msg=f"{api.base} is a {node['ha_role']}: market modes are set on the shard's primary "
+                         f"(markets {', '.join(to_change)} are not {mode} yet); use the primary's url")
+    after = {"market_modes": {**modes, **{m: mode for m in to_change}}}
+    if module.check_mode:
+        return dict(changed=True, before=before, after=after)
+    answer = api.post("/v1/markets/mode", {"mode": mode, "markets": to_change})
+    return dict(changed=True, before=before, after={"market_modes": answer.get("market_modes", after)}, node=answer)
+
+
+def withdrawals(module: AnsibleModule, api: Admin, node: dict, want: str) -> dict:
+    require(module, node, ("withdrawals",), api.base)
+    before = {"withdrawals": node["withdrawals"], "in_flight": node.get("in_flight"), "queued": node.get("queued")}
+    if node["withdrawals"] == want:
+        return dict(changed=False, before=before, after=before)
+    if module.check_mode:
+        return dict(changed=True, before=before, after={**before, "withdrawals": want})
+    path = "/v1/withdrawals/pause" if want == "paused" else "/v1/withdrawals/resume"
+    answer = api.post(path, {})
+    if answer.get("withdrawals") != want:
+        module.fail_json(msg=f"{api.base}{path} answered withdrawals={answer.get('withdrawals')!r}, not {want!r}",
+                         node=answer)
+    return dict(changed=True, before=before, after=answer, node=answer)
+
+
+def wait_in_flight(module: AnsibleModule, api: Admin, node: dict) -> dict:
+    require(module, node, ("in_flight",), api.base)
+    started = time.monotonic()
+    deadline = started + module.params["timeout"]
+    before = {"in_flight": node["in_flight"], "withdrawals": node.get("withdrawals")}
+    while node["in_flight"] != 0:
+        if time.monotonic() >= deadline:
+            module.fail_json(msg=f"{api.base} still has {node['in_flight']} withdrawal(s) in flight after "
+                             f"{module.params['timeout']:g} s; check its signer log, or raise timeout",
+                             before=before)
+        time.sleep(POLL_S)
+        node = api.status()
+        require(module, node, ("in_flight",), api.base)
+    after = {"in_flight": 0, "withdrawals": node.get("withdrawals")}
+    return dict(changed=False, before=before, after=after, waited=round(time.monotonic() - started, 3))
+
+
+def main() -> None:
+    spec = url_argument_spec()
+    spec.update(
+        url=dict(type="str", required=True),
+        token=dict(type="str", required=True, no_log=True),
+        action=dict(type="str", required=True, choices=list(COMPONENT_OF)),
+        mode=dict(type="str", choices=["open", "post_only", "cancel_only", "halted"]),
+        markets=dict(type="list", elements="str"),
+        force=dict(type="bool", default=False),
+        timeout=dict(type="float", default=30),
+    )
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
+                           required_if=[("action", "market_mode", ("mode",))])
+    action = module.params["action"]
+    if module.params["timeout"] <= 0:
+        module.fail_json(msg=f"timeout must be > 0 seconds, got {module.params['timeout']:g}")
+    api = Admin(module)
+    node = api.status()
+    require(module, node, ("component",), api.base)
+    if node["component"] != COMPONENT_OF[action]:
+        module.fail_json(msg=f"action {action} is for {COMPONENT_OF[action]} nodes, but {api.base} is a "
+                         f"{node['component']} node; fix url or action")
+    if action == "step_down":
+        result = step_down(module, api, node)
+    elif action == "promote":
+        result = promote(module, api, node)
+    elif action == "market_mode":
+        result = market_mode(module, api, node)
+    elif action == "pause_withdrawals":
+        result = withdrawals(module, api, node, "paused")
+    elif action == "resume_withdrawals":
+        result = withdrawals(module, api, node, "running")
+    else:
+        result = wait_in_flight(module, api, node)
+    if module._diff and action != "wait_in_flight":
+        result["diff"] = {"before": result["before"], "after": result["after"]}
+    module.exit_json(action=action, **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+# Copyright (c) 2026, exchangeops engineering
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from ansible_collections.exchangeops.patching.plugins.module_utils._gates import (
+    CHECKS,
+    DEFAULT_CHECKS,
+    Baseline,
+    Bounds,
+    GateError,
+    GateResult,
+    StateHashes,
+    baseline_from,
+    baseline_of,
+    bounds_from,
+    evaluate,
+    failing,
+    p99_bound,
+    state_hash_seq,
+    summary,
+    validate_checks,
+)
+from ansible_collections.exchangeops.patching.plugins.module_utils._metrics import WindowStats
+
+H1 = "3fa1c2d4e5f6" + "0" * 52
+H2 = "9b02c3d4e5f6" + "1" * 52
+BOUNDS = Bounds()
+
+
+def node(**over: Any) -> dict[str, Any]:
+    doc = {"name": "me-b", "component": "matching-engine", "version": "1.1.0", "ready": True,
+           "ready_reason": "standby, following the primary", "ha_role": "standby", "seq": 120, "state_hash": H1}
+    doc.update(over)
+    return doc
+
+
+def peer(**over: Any) -> dict[str, Any]:
+    doc = {"name": "me-a", "component": "matching-engine", "version": "1.0.0", "ready": True,
+           "ready_reason": "primary, replication sync", "ha_role": "primary", "seq": 121, "state_hash": H2}
+    doc.update(over)
+    return doc
+
+
+def stats(requests: int = 400, errors: int = 0, p99_ms: float | None = 10.0) -> WindowStats:
+    return WindowStats(requests=requests, errors=errors, error_rate=(errors / requests) if requests else None,
+                       p99_ms=p99_ms if requests else None, client_requests=requests)
+
+
+BASE = Baseline(error_rate=0.0, p99_ms=10.0, requests=500)
+QUIET = Baseline(error_rate=None, p99_ms=None, requests=0)
+
+
+def one(check: str, **kw: Any) -> GateResult:
+    args: dict[str, Any] = {"status": node(), "peer_status": peer(), "reconcile": None, "window": stats(),
+                            "baseline": BASE, "bounds": BOUNDS, "expect_version": "1.1.0",
+                            "hashes": StateHashes(120, H1, H1)}
+    args.update(kw)
+    [result] = evaluate([check], **args)
+    assert result.name == check
+    return result
+
+
+def test_every_matching_check_passes_on_a_healthy_standby() -> None:
+    results = evaluate(DEFAULT_CHECKS["matching-engine"], node(), peer(), None, stats(), BASE, BOUNDS,
+                       expect_version="1.1.0", hashes=StateHashes(120, H1, H1))
+    assert [r.name for r in results] == list(DEFAULT_CHECKS["matching-engine"])
+    assert all(r.passed for r in results), results
+    assert failing(results) == [] and summary(results) == ""
+    evidence = {r.name: r.evidence for r in results}
+    assert evidence["ready"] == "ready (standby, following the primary)"
+    assert evidence["version"] == "runs 1.1.0 as expected"
+    assert evidence["caught_up"] == "standby seq 120 vs primary me-a seq 121: within max_lag 5"
+    assert evidence["state_hash"] == "state hash at seq 120 3fa1c2d4e5f6 equals peer me-a's"
+    assert evidence["error_rate"] == "error rate 0.00% (0/400) <= bound 1.00% (baseline 0.00% + 1.00%)"
+    assert evidence["p99"].startswith("p99 10 ms <= bound 60 ms")
+
+
+def test_ready() -> None:
+    assert one("ready").passed
+    r = one("ready", status=node(ready=False, ready_reason="release fault: never-ready"))
+    assert (r.passed, r.evidence) == (False, "not ready: release fault: never-ready")
+    r = one("ready", status=None, errors={"status": "http://127.0.0.1:8080 is unreachable (Connection refused)"})
+    assert not r.passed and r.evidence == ("no status from the node (http://127.0.0.1:8080 is unreachable "
+                                           "(Connection refused))")
+    status = node()
+    del status["ready"]
+    assert one("ready", status=status).evidence == "the status has no 'ready' field"
+    assert not one("ready", status=node(ready="yes")).passed  # only True is ready
+
+
+def test_version() -> None:
+    r = one("version", status=node(version="1.0.0"))
+    assert (r.passed, r.evidence) == (False, "runs 1.0.0, expected 1.1.0")
+    assert not one("version", expect_version=None).passed
+    assert "set expect_version" in one("version", expect_version=None).evidence
+    assert not one("version", status=None).passed
+    status = node()
+    del status["version"]
+    assert not one("version", status=status).passed
+
+
+@pytest.mark.parametrize(("mine", "theirs", "passed", "evidence"), [
+    (node(seq=121), peer(seq=121), True, "standby seq 121 vs primary me-a seq 121: within max_lag 5"),
+    (node(seq=116), peer(seq=121), True, "standby seq 116 vs primary me-a seq 121: within max_lag 5"),
+    (node(seq=80), peer(seq=121), False, "standby seq 80 is 41 behind primary me-a seq 121 (max_lag 5)"),
+    (node(seq=130), peer(seq=121), False, "standby seq 130 is 9 ahead of primary me-a seq 121 (max_lag 5)"),
+    # A primary may be ahead of its standby by any amount (the standby is the one catching up)...
+    (node(ha_role="primary", seq=500), peer(ha_role="standby", seq=121), True,
+     "primary seq 500 vs standby me-a seq 121: within max_lag 5"),
+    # ...but not behind it.
+    (node(ha_role="primary", seq=100), peer(ha_role="standby", seq=121), False,
+     "primary seq 100 is 21 behind standby me-a seq 121 (max_lag 5)"),
+])
+def test_caught_up(mine: dict, theirs: dict, passed: bool, evidence: str) -> None:
+    r = one("caught_up", status=mine, peer_status=theirs)
+    assert (r.passed, r.evidence) == (passed, evidence)
+
+
+def test_caught_up_without_data_fails() -> None:
+    assert one("caught_up", bounds=Bounds(max_lag=0), status=node(seq=120), peer_status=peer(seq=121)).passed is False
+    r = one("caught_up", peer_status=None, errors={"peer_status": "GET http://x/v1/status answered 500: boom"})
+    assert not r.passed and r.evidence == "no status from the peer (GET http://x/v1/status answered 500: boom)"
+    assert not one("caught_up", status=None).passed
+    assert one("caught_up", status=node(seq=None)).evidence == "no integer seq in the node's status"
+    assert one("caught_up", peer_status=peer(seq="121")).evidence == "no integer seq in the peer's status"
+
+
+def test_state_hash() -> None:
+    r = one("state_hash", hashes=StateHashes(120, H1, H2))
+    assert not r.passed
+    assert r.evidence == "state hash at seq 120 differs: node 3fa1c2d4e5f6 != peer me-a 9b02c3d4e5f6"
+    r = one("state_hash", hashes=StateHashes(120, None, H2), errors={"state_hash": "GET ... answered 404"})
+    assert not r.passed and r.evidence == "no state hash from the node at seq 120 (GET ... answered 404)"
+    r = one("state_hash", hashes=StateHashes(120, H1, None))
+    assert not r.passed and r.evidence == "no state hash from peer me-a at seq 120"
+    r = one("state_hash", hashes=None, errors={"peer_status": "peer unreachable"})
+    assert not r.passed and r.evidence == "no state hashes to compare (peer unreachable)"
+    assert one("state_hash", hashes=StateHashes(0, H1, H1)).passed
+
+
+def test_state_hash_seq() -> None:
+    assert state_hash_seq(node(seq=120), peer(seq=121)) == 120
+    assert state_hash_seq(node(seq=122), peer(seq=121)) == 121
+    assert state_hash_seq(None, peer()) is None
+    assert state_hash_seq(node(seq=True), peer()) is None
+    assert state_hash_seq(node(), {}) is None
+
+
+def test_error_rate() -> None:
+    r = one("error_rate", window=stats(requests=200, errors=5), baseline=Baseline(0.005, 10.0, 100))
+    assert (r.passed, r.evidence) == (False, "error rate 2.50% (5/200) > bound 1.50% (baseline 0.50% + 1.00%)")
+    assert one("error_rate", window=stats(requests=200, errors=2)).passed  # exactly at the bound
+    assert not one("error_rate", window=stats(requests=200, errors=3)).passed
+    looser = bounds_from({"max_error_rate_increase": 0.05})
+    assert one("error_rate", window=stats(requests=200, errors=5), bounds=looser).passed
+
+
+def test_no_traffic_passes_only_against_a_quiet_baseline() -> None:
+    quiet = stats(requests=0)
+    for check in ("error_rate", "p99"):
+        r = one(check, window=quiet, baseline=QUIET)
+        assert r.passed and r.evidence == "no client requests in the window, none in the baseline either"
+        r = one(check, window=quiet, baseline=BASE)
+        assert not r.passed and "no client requests in the window" in r.evidence and "no data" in r.evidence
+        r = one(check, window=None, errors={"metrics": "http://x/metrics is unreachable"})
+        assert not r.passed and r.evidence == "no metrics from the node (http://x/metrics is unreachable)"
+        r = one(check, baseline=None)
+        assert not r.passed and "mode=baseline" in r.evidence
+
+
+def test_p99() -> None:
+    r = one("p99", window=stats(p99_ms=250.0), baseline=Baseline(0.0, 10.0, 500))
+    assert not r.passed
+    assert r.evidence == ("p99 250 ms > bound 60 ms (max of baseline 10 ms × 2 and baseline 10 ms + 50 ms; "
+                          "400 client requests)")
+    r = one("p99", window=stats(p99_ms=100.0), baseline=Baseline(0.0, 100.0, 500))
+    assert r.passed and r.evidence.startswith("p99 100 ms <= bound 200 ms")
+    # A baseline without latency data counts as 0 ms: the bound is the slack alone.
+    r = one("p99", window=stats(p99_ms=100.0), baseline=QUIET)
+    assert not r.passed and "bound 50 ms" in r.evidence
+    r = one("p99", window=stats(p99_ms=math.inf))
+    assert not r.passed and r.evidence.startswith("p99 +Inf ms > bound 60 ms")
+
+
+def test_p99_bound() -> None:
+    assert p99_bound(Baseline(0.0, 40.0, 1), Bounds()) == 90.0  # 40 + 50 > 40 × 2
+    assert p99_bound(Baseline(0.0, 400.0, 1), Bounds()) == 800.0  # 400 × 2 > 400 + 50
+    assert p99_bound(Baseline(0.0, 40.0, 1), Bounds(p99_factor=3.0, p99_slack_ms=0.0)) == 120.0
+    assert p99_bound(Baseline(None, None, 0), Bounds()) == 50.0
+
+
+def test_ledger() -> None:
+    ok = {"balanced": True, "chains": {"ETH": {"balanced": True}, "BTC": {"balanced": True}}}
+    assert one("ledger", reconcile=ok).evidence == "ledger balanced on BTC, ETH"
+    bad = {"balanced": False, "chains": {
+        "BTC": {"balanced": False, "ledger_balance": 999_990, "expected_balance": 1_000_000,
+                "double_processed": ["w:BTC:3"], "missing_on_chain": []},
+        "ETH": {"balanced": True, "ledger_balance": 5, "expected_balance": 5}}}
+    r = one("ledger", reconcile=bad)
+    assert not r.passed
+    assert r.evidence == "ledger unbalanced: BTC: ledger 999990 != expected 1000000 double processed w:BTC:3"
+    assert one("ledger", reconcile={"chains": {}}).evidence == "the reconcile answer has no 'balanced' field"
+    r = one("ledger", reconcile=None, errors={"reconcile": "answered 503: still syncing"})
+    assert not r.passed and r.evidence == "no ledger reconcile answer from the node (answered 503: still syncing)"
+
+
+def test_summary_names_failing_checks() -> None:
+    results = evaluate(["ready", "version", "p99"], node(ready=False, ready_reason="starting"), None, None,
+                       stats(p99_ms=250.0), BASE, BOUNDS, expect_version="1.1.0")
+    assert [r.name for r in failing(results)] == ["ready", "p99"]
+    assert summary(results).startswith("ready: not ready: starting; p99: p99 250 ms > bound 60 ms")
+    assert results[0].as_dict() == {"name": "ready", "passed": False, "evidence": "not ready: starting"}
+
+
+def test_validate_checks() -> None:
+    assert validate_checks(["p99", "ready", "p99"]) == ["p99", "ready"]
+    assert set(DEFAULT_CHECKS["wallet-signer"]) <= set(CHECKS)
+    with pytest.raises(GateError, match=r"unknown check.*latency.*choose from ready"):
+        validate_checks(["latency"])
+    with pytest.raises(GateError):
+        evaluate(["nope"], node(), None, None, None, None, BOUNDS)
+
+
+def test_bounds_from() -> None:
+    assert bounds_from(None) == Bounds(max_lag=5, max_error_rate_increase=0.01, p99_factor=2.0, p99_slack_ms=50.0)
+    assert bounds_from({"max_lag": 0, "p99_factor": 1}) == Bounds(max_lag=0, p99_factor=1.0)
+    assert bounds_from({"max_lag": 3.0}).max_lag == 3
+    with pytest.raises(GateError, match=r"unknown key.*p99_fator; use max_error_rate_increase"):
+        bounds_from({"p99_fator": 2})
+    with pytest.raises(GateError, match=r"bounds.p99_slack_ms must be >= 0, got -1"):
+        bounds_from({"p99_slack_ms": -1})
+    with pytest.raises(GateError, match=r"bounds.max_lag must be a whole number"):
+        bounds_from({"max_lag": 1.5})
+    for bad in (True, "2", math.inf, math.nan, None):
+        with pytest.raises(GateError, match="finite number"):
+            bounds_from({"p99_factor": bad})
+
+
+def test_baseline_from_and_of() -> None:
+    raw = {"error_rate": 0.002, "p99_ms": 25.0, "requests": 812}
+    assert baseline_from(raw) == Baseline(0.002, 25.0, 812)
+    assert baseline_from(raw).as_dict() == raw
+    assert baseline_from({"error_rate": None, "p99_ms": None, "requests": 0}) == QUIET
+    with pytest.raises(GateError, match="baseline lacks p99_ms, requests; pass the baseline returned"):
+        baseline_from({"error_rate": 0.0})
+    with pytest.raises(GateError, match=r"baseline.requests must be a whole number"):
+        baseline_from({"error_rate": 0.0, "p99_ms": 1.0, "requests": None})
+    with pytest.raises(GateError, match=r"baseline.p99_ms must be a finite number"):
+        baseline_from({"error_rate": 0.0, "p99_ms": math.inf, "requests": 3})
+    with pytest.raises(GateError, match="must be a dict"):
+        baseline_from([1, 2])  # type: ignore[arg-type]
+    assert baseline_of(stats(requests=10, errors=1, p99_ms=5.0)) == Baseline(0.1, 5.0, 10)
+    assert baseline_of(stats(requests=0)) == QUIET
+    with pytest.raises(GateError, match="beyond the largest latency bucket"):
+        baseline_of(stats(p99_ms=math.inf))
