@@ -13,6 +13,8 @@ description:
   - Loads the patch catalog, validates every entry (so a broken catalog is caught before a
     rollout, not half-way), and returns the entry with the given id.
   - An unknown id fails with the ids the catalog does have.
+  - With O(component) and O(version) instead of O(id), returns the entry that installed that
+    version, or C(patch=null) when the catalog has none (a release built outside the catalog).
 author:
   - exchangeops engineering (@exchangeops)
 attributes:
@@ -30,7 +32,13 @@ options:
   id:
     description: The patch id, for example C(matching-engine-1.4.3).
     type: str
-    required: true
+  component:
+    description: Look the entry up by component and O(version) instead of by id.
+    type: str
+    choices: [matching-engine, wallet-signer]
+  version:
+    description: With O(component), the version whose entry to return.
+    type: str
 """
 
 EXAMPLES = r"""
@@ -43,7 +51,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 patch:
-  description: The validated catalog entry.
+  description: The validated catalog entry (null when looked up by version and not found).
   returned: success
   type: dict
   contains:
@@ -90,7 +98,15 @@ from ansible_collections.exchangeops.patching.plugins.module_utils import _catal
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(catalog=dict(type="path", required=True), id=dict(type="str", required=True)),
+        argument_spec=dict(
+            catalog=dict(type="path", required=True),
+            id=dict(type="str"),
+            component=dict(type="str", choices=["matching-engine", "wallet-signer"]),
+            version=dict(type="str"),
+        ),
+        required_one_of=[("id", "component")],
+        mutually_exclusive=[("id", "component")],
+        required_together=[("component", "version")],
         supports_check_mode=True,
     )
     try:
@@ -98,7 +114,13 @@ def main() -> None:
     except _catalog.CatalogError as e:
         module.fail_json(msg=str(e), bad_input=True)
     wanted = module.params["id"]
-    found = [p for p in patches if p.id == wanted]
+    if wanted is None:
+        found = [p for p in patches
+                 if p.component == module.params["component"] and p.version == module.params["version"]]
+        if not found:
+            module.exit_json(changed=False, patch=None)
+    else:
+        found = [p for p in patches if p.id == wanted]
     if not found:
         known = ", ".join(p.id for p in patches) or "none"
         module.fail_json(msg=f"patch {wanted!r} is not in the catalog {module.params['catalog']} (it has: {known}); "
