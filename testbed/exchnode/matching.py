@@ -59,6 +59,7 @@ RETRY_S = 0.5  # a degraded primary retries the standby at most this often
 HEARTBEAT_S = 1.0  # an idle, in-sync primary checks its standby this often
 FOLLOW_S = 0.5  # a standby pulls from the primary this often
 CONTACT_FRESH_S = 3.0  # a standby that has not heard from the primary for longer is not following
+READY_LAG = 100  # a standby this close to the primary is caught up (in-flight appends under live load)
 PAGE = 1000  # entries per replication request
 MAX_PAGE = 5000
 PUSH_MAX = 5000  # a primary pushes a gap this large itself; beyond that the standby pulls
@@ -1045,7 +1046,7 @@ class MatchingNode(Node, EngineState):
             return False, "journal diverged from the primary's; resyncing"
         if not self._peer_is_primary or time.monotonic() - self._peer_contact > CONTACT_FRESH_S:
             return False, f"not following: primary {self.peer_name} unreachable or not primary"
-        if self._peer_seq is None or self._applied < self._peer_seq:
+        if self._peer_seq is None or self._applied < self._peer_seq - READY_LAG:
             return False, f"catching up: seq {self._applied} of {self._peer_seq}"
         return True, "standby, following the primary"
 
