@@ -86,8 +86,8 @@ def assert_nothing_lost(report: dict) -> None:
 
 def test_good_patch_rolls_out_under_load_and_loses_nothing(fleet):
     pid = build(fleet, "matching-engine", "1.4.3", fixes=["CVE-2026-31337"])
-    res, report = under_load(fleet, lambda: playbook(fleet, "rolling_patch.yml", "-e", f"patch_id={pid}",
-                                                       "-e", "rolling_canary_bake=3"))
+    args = ("-e", f"patch_id={pid}", "-e", "rolling_canary_bake=3")
+    res, report = under_load(fleet, lambda: playbook(fleet, "rolling_patch.yml", *args))
     assert res.returncode == 0, res.stdout[-4000:]
     assert set(versions(fleet, "matching-engine").values()) == {"1.4.3"}
     assert_nothing_lost(report)
@@ -249,8 +249,8 @@ def test_controller_killed_mid_rollout_then_rerun_resumes(fleet):
     refused = playbook(fleet, "rolling_patch.yml", "-e", f"patch_id={pid}")
     assert refused.returncode != 0 and "is locked by" in refused.stdout, refused.stdout[-2000:]
     time.sleep(21)  # past the lock's ttl: the rerun takes the stale lock over and resumes
-    res, report = under_load(fleet, lambda: playbook(fleet, "rolling_patch.yml", "-e", f"patch_id={pid}",
-                                                       "-e", "rolling_canary_bake=2"))
+    args = ("-e", f"patch_id={pid}", "-e", "rolling_canary_bake=2")
+    res, report = under_load(fleet, lambda: playbook(fleet, "rolling_patch.yml", *args))
     assert res.returncode == 0, res.stdout[-4000:]
     assert "stale locks taken over: shard-" in res.stdout
     assert set(versions(fleet, "matching-engine").values()) == {"1.6.0"}
