@@ -35,7 +35,8 @@ COMPONENT_FAULTS = {
 }
 # Defaults for fault behaviour; a release may override them in RELEASE.json "fault_params".
 FAULT_DEFAULTS = {"crash_after_s": 1.0, "delay_s": 90.0, "latency_ms": 150.0}
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Fine enough between 50 ms and 1 s that a latency gate can tell a regression from noise.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 
 
 # --------------------------------------------------------------------------- records

@@ -42,7 +42,8 @@ def fleet(tmp_path_factory):
 
 def build(f: tb.Fleet, component: str, version: str, fault: str | None = None, **kw) -> str:
     root = Path(f.root)
-    params = {"delay_s": 120.0} if fault == "slow-start" else None
+    # slow-start: slower than the gate's timeout; latency: +400 ms, far outside the p99 bound
+    params = {"slow-start": {"delay_s": 120.0}, "latency": {"latency_ms": 400.0}}.get(fault or "")
     return build_release(root / "releases", root / "keys", root / "catalog", component, version, fault=fault,
                          fault_params=params, **kw).id
 
@@ -123,7 +124,7 @@ def test_faulty_matching_release_is_caught_at_the_canary_and_rolled_back(fleet, 
     assert f"{gate}:" in out, out[-3000:]  # the right gate caught it, with its evidence
     rolled_back = re.search(r"Rolled back ([\w, -]+); the fleet is back on", out)
     assert rolled_back, out[-3000:]
-    assert len(rolled_back.group(1).split(", ")) == 1  # only the canary was ever patched
+    assert len(rolled_back.group(1).split(", ")) == 1, out[-3000:]  # only the canary was ever patched
     assert versions(fleet, "matching-engine") == before
     assert_nothing_lost(report)
 
