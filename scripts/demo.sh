@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The story so far, on the local testbed: bring the exchange up, build a signed release,
-# run client load while a matching primary is SIGKILLed and its standby promoted, and
-# prove that no acknowledged order was lost or duplicated and no withdrawal went out twice.
+# run client load while a matching primary is SIGKILLed and its standby promoted, prove
+# that nothing was lost; rank the sample advisories against the fleet; roll the release
+# out under load; and watch a crashing release get caught at the canary and rolled back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 X=.venv/bin/exchpatch
@@ -48,6 +49,36 @@ PYEOF
 
 step "5. Fleet after the failover"
 sleep 3
+$X testbed status || true
+[ "$rc" = 0 ] || exit "$rc"
+
+step "6. What to patch first: the sample advisory feeds against the live fleet"
+$X plan --feed feeds/nvd.json --feed feeds/kev.json --feed feeds/epss.csv --feed feeds/vulnrichment.json \
+        --feed feeds/osv.json --catalog "${EXCHPATCH_TESTBED_DIR:-.testbed}/catalog"
+
+step "7. Roll matching-engine 1.4.3 out under load: canary, switchovers, health gates"
+$X testbed load --rate 100 --duration 75 --json > "$work/load2.json" &
+load_pid=$!
+sleep 3
+ANSIBLE_CONFIG=ansible.cfg .venv/bin/ansible-playbook playbooks/rolling_patch.yml \
+  -e patch_id=matching-engine-1.4.3 -e rolling_canary_bake=5 | grep -E "^(PLAY|TASK|RUNNING HANDLER) \[|msg" || true
+
+step "8. A faulty release (it crashes): caught at the canary, rolled back automatically"
+$X testbed release --component matching-engine --version 1.4.4 --fault crash >/dev/null
+if ANSIBLE_CONFIG=ansible.cfg .venv/bin/ansible-playbook playbooks/rolling_patch.yml \
+     -e patch_id=matching-engine-1.4.4 -e rolling_canary_bake=5 > "$work/faulty.log" 2>&1; then
+  echo "the faulty release was NOT caught"; exit 1
+fi
+grep -o "matching-engine-1.4.4 failed on.*" "$work/faulty.log" | head -1 | cut -c1-400
+wait "$load_pid" || rc=$?
+
+step "9. Load report across both rollouts"
+$PY - "$work/load2.json" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"sent {r['sent']}  acked {r['acked']}  lost {r['lost']}  duplicated {r['duplicated']}  "
+      f"double withdrawals {r['double_withdrawals']}  ledger balanced {r['ledger_balanced']}")
+PYEOF
 $X testbed status || true
 echo
 echo "The testbed keeps running for you to explore; stop it with: make testbed-down"
