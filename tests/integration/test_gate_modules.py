@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -380,8 +381,10 @@ def test_latency_release_fails_p99_against_the_baseline(tmp_path: Path, nodes: l
     assert slow["failed"] is True and "p99 did not pass" in slow["msg"]
     g = gates_of(slow)
     assert [name for name, r in g.items() if not r["passed"]] == ["p99"]
-    assert g["p99"]["evidence"].startswith("p99 250 ms > bound ")
-    assert slow["window"]["p99_ms"] == 250.0 and slow["window"]["requests"] > 0
+    # the +150 ms release lands in a bucket well above the bound (the bucket edges are the node's)
+    evidence = re.match(r"p99 (\d+) ms > bound (\d+) ms", g["p99"]["evidence"])
+    assert evidence and int(evidence.group(1)) >= 150 > int(evidence.group(2)), g["p99"]["evidence"]
+    assert slow["window"]["p99_ms"] >= 150.0 and slow["window"]["requests"] > 0
 
 
 def test_state_divergence_standby_fails_state_hash_while_orders_flow(tmp_path: Path, nodes: list[NodeProc],
