@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -169,38 +168,178 @@ def _plan_text(plan: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def cmd_plan(args: argparse.Namespace) -> tuple[int, Any, str]:
-    from exchpatch.runner import data_dir, run_playbook
+def _wait(job: Any, args: argparse.Namespace) -> Any:
+    """Wait for a job; the first Ctrl-C cancels it safely, a second one kills it."""
+    import signal
 
-    if args.inventory and args.facts:
-        raise CliError("give --inventory (live facts) or --facts FILE (offline), not both", EXIT_BAD_INPUT)
-    extravars: dict[str, Any] = {
-        "plan_feeds": [_existing(f, "--feed") for f in args.feed],
-        "plan_catalog": _existing(args.catalog, "--catalog", folder=True),
-    }
-    if args.facts:
-        extravars["plan_facts_file"] = _existing(args.facts, "--facts")
-    if args.now:
-        extravars["plan_now"] = args.now
-    dest = data_dir() / f"plan-{os.getpid()}.json"
-    extravars["plan_dest"] = str(dest)
-    inventory = args.inventory
-    if args.facts and not inventory:
-        inventory = str(Path(__file__).resolve().parent / "empty_inventory.yml")
-    try:
-        result = run_playbook("plan.yml", extravars, inventory=inventory)
-        if not result.ok:
-            bad = [f for f in result.failures if f.bad_input]
-            first = (bad or result.failures or [None])[0]
-            if first is None:
-                msg = f"plan playbook {result.status} (rc {result.rc}); see {result.artifacts}"
+    interrupts = 0
+    while True:
+        try:
+            return job.wait()
+        except KeyboardInterrupt:
+            interrupts += 1
+            if interrupts == 1:
+                print("\nexchpatch: canceling: the run stops before its next node and rolls back what it "
+                      "touched (Ctrl-C again to kill it now)", file=sys.stderr, flush=True)
+                job.cancel()
             else:
-                msg = first.msg if first.host in ("localhost", "?") else f"{first.host}: {first.msg}"
-            raise CliError(msg, EXIT_BAD_INPUT if bad else EXIT_FAILED)
-        plan = json.loads(dest.read_text())
-    finally:
-        dest.unlink(missing_ok=True)
-    return EXIT_OK, plan, _plan_text(plan)
+                job.cancel(grace=0)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _start(factory: Callable[..., Any], args: argparse.Namespace, *pos: Any, **kw: Any) -> Any:
+    from exchpatch.api import BadInput
+    from exchpatch.progress import Progress
+
+    try:
+        job = factory(*pos, **kw)
+    except BadInput as e:
+        raise CliError(str(e), EXIT_BAD_INPUT) from None
+    if not args.json and getattr(args, "progress", True):
+        job.on_event(Progress())
+    return _wait(job, args)
+
+
+def _failed(result: Any) -> tuple[int, Any, str] | None:
+    """A run that ended in bad input exits through CliError (code 2 and the message)."""
+    if result.exit_code == EXIT_BAD_INPUT:
+        raise CliError(result.message or "bad input", EXIT_BAD_INPUT)
+    return None
+
+
+def cmd_plan(args: argparse.Namespace) -> tuple[int, Any, str]:
+    from exchpatch import api
+
+    args.progress = False
+    result = _start(api.plan, args, args.feed, args.catalog, inventory=args.inventory, facts=args.facts,
+                    now=args.now)
+    _failed(result)
+    if result.exit_code:
+        raise CliError(result.message or "plan failed", result.exit_code)
+    return EXIT_OK, result.plan, _plan_text(result.plan)
+
+
+def cmd_deploy(args: argparse.Namespace) -> tuple[int, Any, str]:
+    from exchpatch import api
+    from exchpatch.progress import summary_lines
+
+    result = _start(api.deploy, args, args.patch_id, inventory=args.inventory, check=args.check,
+                    emergency=args.emergency, reason=args.reason, approver=args.approver, operator=args.operator,
+                    serial=args.serial, canary_bake=args.canary_bake, bake=args.bake, on_failure=args.on_failure,
+                    accept_irreversible=args.accept_irreversible, catalog=args.catalog,
+                    vault_password_file=args.vault_password_file, timeout=args.timeout)
+    _failed(result)
+    headline = {
+        "successful": f"{args.patch_id}: rolled out; every node converged",
+        "check": f"{args.patch_id}: check mode, nothing was touched",
+        "rolled_back": f"{args.patch_id}: FAILED and rolled back",
+        "halted": f"{args.patch_id}: FAILED and halted for a human to decide (lock kept)",
+        "refused": f"{args.patch_id}: refused before any node was touched",
+        "canceled": f"{args.patch_id}: canceled",
+        "failed": f"{args.patch_id}: FAILED",
+    }[result.outcome]
+    lines = [headline, *summary_lines(result)]
+    if result.message:
+        lines.append(f"  {result.message}")
+    lines.append(f"  run {result.job['id']}, artifacts {result.job['artifacts']}")
+    return result.exit_code, result.as_json(), "\n".join(lines)
+
+
+def cmd_rollback(args: argparse.Namespace) -> tuple[int, Any, str]:
+    from exchpatch import api
+    from exchpatch.progress import summary_lines
+
+    result = _start(api.rollback, args, args.component, to=args.to, inventory=args.inventory, check=args.check,
+                    accept_irreversible=args.accept_irreversible, operator=args.operator,
+                    vault_password_file=args.vault_password_file, timeout=args.timeout)
+    _failed(result)
+    head = (f"{args.component}: rolled back" + (f" to {result.to_version}" if result.to_version else "")
+            if result.outcome == "successful" else f"{args.component}: rollback {result.outcome}")
+    lines = [head, *summary_lines(result)]
+    if result.message:
+        lines.append(f"  {result.message}")
+    return result.exit_code, result.as_json(), "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> tuple[int, Any, str]:
+    from exchpatch import api
+
+    args.progress = False
+    result = _start(api.status, args, inventory=args.inventory, vault_password_file=args.vault_password_file)
+    _failed(result)
+    rows = [{**n, "shard/chains": n["shard"] if n["shard"] is not None else ",".join(n["chains"] or []),
+             "ready": "yes" if n["ready"] else ("no: " + _clip(n["error"]) if n["error"] else "no")}
+            for n in result.nodes]
+    out = [_table(rows, ["name", "component", "version", "role", "shard/chains", "mode", "ready"]), ""]
+    for name, comp in result.components.items():
+        versions = ", ".join(f"{v} ({len(ns)})" for v, ns in comp["versions"].items()) or "unknown"
+        out.append(f"{name}: {versions}" + ("  DRIFT" if comp["drift"] else ""))
+    for shard, info in sorted(result.shards.items()):
+        if not info["healthy"]:
+            out.append(f"shard {shard}: no single ready primary ({info['primary'] or 'none'})")
+    if result.locks:
+        out.append("")
+        out.append(_table([{**lk, "state": "STALE" if lk["stale"] else "held"} for lk in result.locks],
+                          ["scope", "owner", "run_id", "patch", "expires_at", "state"]))
+    else:
+        out.append("locks: none held")
+    if result.message:
+        out.append(result.message)
+    return result.exit_code, result.as_json(), "\n".join(out)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _audit(args: argparse.Namespace, action: str, **kw: Any) -> Any:
+    from exchpatch import api
+
+    args.progress = False
+    result = _start(api.audit, args, action, audit_file=args.audit_file, **kw)
+    _failed(result)
+    return result
+
+
+def cmd_history(args: argparse.Namespace) -> tuple[int, Any, str]:
+    result = _audit(args, "history")
+    runs = result.data.get("runs", [])
+    rows = [{**r, "duration": f"{r['duration_s']:.0f}s" if r.get("duration_s") is not None else "-"} for r in runs]
+    text = _table(rows, ["started", "run", "playbook", "patch_id", "version", "operator", "outcome", "duration"]) \
+        if rows else "no runs recorded yet"
+    return result.exit_code, result.as_json(), text
+
+
+def cmd_metrics(args: argparse.Namespace) -> tuple[int, Any, str]:
+    result = _audit(args, "metrics", prometheus=bool(args.prometheus), dest=args.prometheus or None)
+    m = result.data.get("metrics", {})
+    lines = [f"{k}: {v}" for k, v in m.items() if not isinstance(v, dict | list)]
+    for k, v in m.items():
+        if isinstance(v, dict | list):
+            lines.append(f"{k}: {json.dumps(v, sort_keys=True)}")
+    if args.prometheus:
+        lines.append(f"Prometheus text written to {args.prometheus}")
+    return result.exit_code, result.as_json(), "\n".join(lines) or "no runs recorded yet"
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> tuple[int, Any, str]:
+    result = _audit(args, "verify")
+    d = result.data
+    if result.exit_code == 0:
+        text = f"audit trail intact: {d.get('records', '?')} records, hash chain verified"
+    else:
+        problems = d.get("problems") or []
+        text = "AUDIT TRAIL TAMPERED OR DAMAGED:\n" + "\n".join(
+            f"  {p}" if isinstance(p, str) else f"  line {p.get('line')}: {p.get('problem') or p}" for p in problems
+        ) if problems else f"audit verify failed: {result.message}"
+    return result.exit_code, result.as_json(), text
+
+
+def cmd_report(args: argparse.Namespace) -> tuple[int, Any, str]:
+    result = _audit(args, "report", run=args.run, load_report=args.load, dest=args.output)
+    path = result.data.get("path") or result.data.get("dest")
+    text = f"report: {path}" if result.exit_code == 0 else f"report failed: {result.message}"
+    return result.exit_code, result.as_json(), text
 
 
 # --------------------------------------------------------------------------- parser
@@ -255,6 +394,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--facts", metavar="FILE", help='offline fleet facts: {"nodes": [{"name", "component", ...}]}')
     p.add_argument("--now", metavar="ISO8601", help="plan as of this time (default: now)")
     p.set_defaults(func=cmd_plan)
+
+    secrets = argparse.ArgumentParser(add_help=False)
+    secrets.add_argument("--inventory", metavar="INV", help="inventory (default: the testbed's)")
+    secrets.add_argument("--vault-password-file", metavar="FILE", help="Ansible Vault password file for the inventory")
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument("--check", action="store_true", help="touch no node; show what would happen, batch by batch")
+    run.add_argument("--operator", help="who runs it (default: $EXCHPATCH_OPERATOR or the login name)")
+    run.add_argument("--accept-irreversible", action="store_true",
+                     help="accept a release whose migration cannot be rolled back")
+    run.add_argument("--timeout", type=float, metavar="S", help="kill the run after S seconds (status: timeout)")
+
+    p = sub.add_parser("deploy", parents=[common, secrets, run], help="roll a catalog patch out, canary first")
+    p.add_argument("patch_id", metavar="PATCH_ID", help="catalog id, e.g. matching-engine-1.4.3")
+    p.add_argument("--emergency", action="store_true", help="override a freeze window (needs --reason, --approver)")
+    p.add_argument("--reason", help="why (recorded with the change)")
+    p.add_argument("--approver", help="second person approving an emergency override")
+    p.add_argument("--serial", nargs="+", metavar="N", help="batch sizes after the canary, e.g. 1 2 50%%")
+    p.add_argument("--canary-bake", type=float, metavar="S", help="seconds the canary bakes under traffic")
+    p.add_argument("--bake", type=float, metavar="S", help="seconds every other node bakes")
+    p.add_argument("--on-failure", choices=["rollback", "halt"], default="rollback",
+                   help="after a failed gate: roll back (default) or halt for a human")
+    p.add_argument("--catalog", metavar="DIR", help="catalog folder (default: the testbed's, else patches/)")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("rollback", parents=[common, secrets, run], help="put a component back on its previous release")
+    p.add_argument("--component", required=True, choices=["matching-engine", "wallet-signer"])
+    p.add_argument("--to", metavar="VERSION", help="version to go back to (default: the previous one kept on disk)")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("status", parents=[common, secrets], help="fleet versions, drift, HA roles, locks held")
+    p.set_defaults(func=cmd_status)
+
+    trail = argparse.ArgumentParser(add_help=False)
+    trail.add_argument("--audit-file", metavar="FILE",
+                       help="audit trail (default: $EXCHPATCH_AUDIT_FILE or ~/.local/state/exchpatch/audit.jsonl)")
+    p = sub.add_parser("history", parents=[common, trail], help="every recorded run, newest last")
+    p.set_defaults(func=cmd_history)
+    p = sub.add_parser("metrics", parents=[common, trail], help="MTTR per CVE, change failure rate, time to restore")
+    p.add_argument("--prometheus", metavar="FILE", help="also write the Prometheus text format to FILE")
+    p.set_defaults(func=cmd_metrics)
+    p = sub.add_parser("report", parents=[common, trail], help="write a run's self-contained HTML report")
+    p.add_argument("run", metavar="RUN", help="run id (see history)")
+    p.add_argument("--load", metavar="FILE", help="load generator JSON report to include")
+    p.add_argument("--output", metavar="FILE", help="where to write the HTML (default: next to the audit trail)")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("audit", help="the audit trail")
+    asub = p.add_subparsers(dest="audit_command", required=True)
+    p = asub.add_parser("verify", parents=[common, trail], help="check the hash chain: edited, removed, reordered")
+    p.set_defaults(func=cmd_audit_verify)
     return parser
 
 

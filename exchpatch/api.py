@@ -1,0 +1,495 @@
+"""The driver's public Python API: ``plan``, ``deploy``, ``rollback``, ``status``, ``audit``.
+
+Every call validates its parameters (a refusal raises :class:`BadInput` and runs nothing),
+starts the collection's playbook through ansible-runner and returns a :class:`~exchpatch.jobs.Job`
+at once; ``job.wait()`` returns the typed result below, ``job.on_event(...)`` streams events,
+``job.cancel()`` stops it safely. The CLI, an HTTP API for chatops and tests all use this;
+nothing here imports collection code.
+
+    job = deploy("matching-engine-1.4.3", event_handler=print_progress)
+    result = job.wait()          # DeployResult
+    result.outcome               # successful | rolled_back | halted | refused | failed | canceled | check
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exchpatch.jobs import (
+    BadInput,
+    EventHandler,
+    Job,
+    JobError,
+    JobEvent,
+    JobStatus,
+    StatusHandler,
+    data_dir,
+    start,
+)
+
+__all__ = [
+    "AuditResult", "BadInput", "DeployResult", "Job", "JobError", "JobEvent", "JobStatus", "PlanResult",
+    "RollbackResult", "StatusResult", "audit", "deploy", "plan", "rollback", "status",
+]
+
+COMPONENTS = ("matching-engine", "wallet-signer")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
+_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}\Z")
+_PERSON_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}\Z")
+_SERIAL_RE = re.compile(r"([1-9][0-9]{0,3}|[1-9][0-9]?%|100%)\Z")
+_TEMPLATE_MARKERS = ("{{", "{%", "{#", "}}")
+# Task names the driver reads results from (the playbooks keep them stable).
+TASK_FAIL_WITH_EVIDENCE = "Fail the run with the gate's evidence"
+TASK_FLEET_STATUS = "Collect the fleet status"
+TASK_AUDIT = "Read the audit trail"
+PREFLIGHT_PLAY = "Preflight the rollout"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check(pattern: re.Pattern[str], value: Any, what: str, example: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise BadInput(f"{what} {value!r} is not valid; use letters, digits and . _ + - only, e.g. {example}")
+    return value
+
+
+def _check_text(value: Any, what: str, limit: int = 500) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadInput(f"{what} is empty; say why in a sentence")
+    if len(value) > limit:
+        raise BadInput(f"{what} is {len(value)} characters long; keep it under {limit}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise BadInput(f"{what} contains control characters; use plain text on one line")
+    if any(m in value for m in _TEMPLATE_MARKERS):
+        raise BadInput(f"{what} contains template markers ({{{{, {{%, {{#); use plain text")
+    return value
+
+
+def _check_inventory(inventory: str | Path | None) -> str | None:
+    if inventory is None:
+        return None
+    p = Path(inventory).expanduser()
+    if not p.exists():
+        raise BadInput(f"inventory {inventory}: no such file or folder; give an inventory path, "
+                       "or leave it out for the testbed's")
+    return str(p.resolve())
+
+
+def _check_file(path: str | None, what: str) -> str | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise BadInput(f"{what} {path}: no such file; check the path")
+    return str(p.resolve())
+
+
+def _check_serial(serial: Sequence[int | str] | None) -> list[int | str] | None:
+    if serial is None:
+        return None
+    out: list[int | str] = []
+    for item in serial:
+        text = str(item)
+        if not _SERIAL_RE.match(text):
+            raise BadInput(f"serial step {item!r} is not valid; use node counts or percentages, e.g. 1 2 50%")
+        out.append(text if text.endswith("%") else int(text))
+    if not out:
+        raise BadInput("serial is empty; give at least one batch size, e.g. 1 2 50%")
+    return out
+
+
+def _nonneg(value: float | None, what: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or value < 0 or value > 86400:
+        raise BadInput(f"{what} {value!r} is not valid; give seconds between 0 and 86400")
+    return value
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class NodeStep:
+    """One thing done to a node, for the progress display and the summary."""
+
+    host: str
+    task: str
+    status: str  # ok | changed | failed | unreachable
+    at: str
+    msg: str | None = None
+    gates: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _steps(job: Job) -> list[NodeStep]:
+    steps = []
+    for e in job.events:
+        if e.event not in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable") or not e.host:
+            continue
+        if e.host == "localhost" and not e.failed:
+            continue
+        status = ("unreachable" if e.event == "runner_on_unreachable" else "failed" if e.failed
+                  else "changed" if e.changed else "ok")
+        gates = e.res.get("gates") if isinstance(e.res.get("gates"), list) else []
+        if status == "ok" and not gates:
+            continue
+        steps.append(NodeStep(host=e.host, task=e.task or "?", status=status, at=e.created,
+                              msg=e.msg or None, gates=gates))
+    return steps
+
+
+def _audit_change(job: Job) -> dict[str, Any]:
+    """The change record the playbook published as ``audit_change`` facts (merged in order)."""
+    change: dict[str, Any] = {}
+    for e in job.events:
+        facts = e.res.get("ansible_facts") if e.event == "runner_on_ok" else None
+        if isinstance(facts, dict) and isinstance(facts.get("audit_change"), dict):
+            change.update(facts["audit_change"])
+    return change
+
+
+def _failures(job: Job) -> list[JobEvent]:
+    return [e for e in job.events if e.failed]
+
+
+def _bad_input(job: Job) -> bool:
+    return any(e.res.get("bad_input") for e in _failures(job))
+
+
+def _first_failure_msg(job: Job) -> str | None:
+    fails = _failures(job)
+    bad = [e for e in fails if e.res.get("bad_input")]
+    first = (bad or fails or [None])[0]
+    if first is None:
+        return None
+    return first.msg if first.host in (None, "localhost") else f"{first.host}: {first.msg}"
+
+
+@dataclass
+class Result:
+    job: dict[str, Any]
+    exit_code: int
+    message: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PlanResult(Result):
+    plan: dict[str, Any] | None = None
+
+
+@dataclass
+class DeployResult(Result):
+    patch_id: str = ""
+    outcome: str = ""  # successful | check | rolled_back | halted | refused | failed | canceled
+    check: bool = False
+    change: dict[str, Any] = field(default_factory=dict)
+    failed_nodes: list[str] = field(default_factory=list)
+    steps: list[NodeStep] = field(default_factory=list)
+
+
+@dataclass
+class RollbackResult(Result):
+    component: str = ""
+    outcome: str = ""  # successful | check | refused | failed | canceled
+    to_version: str | None = None
+    change: dict[str, Any] = field(default_factory=dict)
+    steps: list[NodeStep] = field(default_factory=list)
+
+
+@dataclass
+class StatusResult(Result):
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    locks: list[dict[str, Any]] = field(default_factory=list)
+    drift: bool = False
+    unreachable: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AuditResult(Result):
+    action: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _exit_code(job: Job, ok: bool) -> int:
+    if ok:
+        return 0
+    return 2 if _bad_input(job) else 1
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def plan(feeds: Sequence[str], catalog: str, *, inventory: str | Path | None = None, facts: str | None = None,
+         now: str | None = None, event_handler: EventHandler | None = None,
+         status_handler: StatusHandler | None = None) -> Job:
+    """Rank pending patches (``playbooks/plan.yml``); the result carries the plan document."""
+    if not feeds:
+        raise BadInput("give at least one advisory feed (--feed PATH)")
+    if inventory is not None and facts is not None:
+        raise BadInput("give an inventory (live facts) or a facts file (offline), not both")
+    extravars: dict[str, Any] = {"plan_feeds": [_check_file(f, "feed") for f in feeds]}
+    cat = Path(catalog).expanduser()
+    if not cat.is_dir():
+        raise BadInput(f"catalog {catalog}: no such folder; check the path")
+    extravars["plan_catalog"] = str(cat.resolve())
+    if facts is not None:
+        extravars["plan_facts_file"] = _check_file(facts, "facts file")
+        inventory = inventory or str(Path(__file__).resolve().parent / "empty_inventory.yml")
+    if now is not None:
+        try:
+            dt.datetime.fromisoformat(now.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadInput(f"now {now!r} is not an ISO 8601 time; e.g. 2026-11-24T12:00:00Z") from None
+        extravars["plan_now"] = now
+    dest = data_dir() / f"plan-{os.getpid()}-{id(extravars):x}.json"
+    extravars["plan_dest"] = str(dest)
+
+    def finish(job: Job) -> PlanResult:
+        try:
+            ok = job.rc == 0 and dest.is_file()
+            doc = json.loads(dest.read_text()) if ok else None
+        finally:
+            dest.unlink(missing_ok=True)
+        msg = None if ok else (_first_failure_msg(job) or f"plan playbook ended {job.status}; see {job.artifact_dir}")
+        return PlanResult(job=job.as_json(), exit_code=_exit_code(job, ok), message=msg, plan=doc)
+
+    return start("plan", "plan.yml", extravars, finish, inventory=_check_inventory(inventory),
+                 event_handler=event_handler, status_handler=status_handler)
+
+
+# --------------------------------------------------------------------------- deploy
+
+
+def deploy(patch_id: str, *, inventory: str | Path | None = None, check: bool = False, emergency: bool = False,
+           reason: str | None = None, approver: str | None = None, operator: str | None = None,
+           serial: Sequence[int | str] | None = None, canary_bake: float | None = None, bake: float | None = None,
+           on_failure: str = "rollback", accept_irreversible: bool = False, catalog: str | None = None,
+           vault_password_file: str | None = None, timeout: float | None = None,
+           event_handler: EventHandler | None = None, status_handler: StatusHandler | None = None) -> Job:
+    """Roll one catalog patch out (``playbooks/rolling_patch.yml``)."""
+    _check(_ID_RE, patch_id, "patch id", "matching-engine-1.4.3")
+    extravars: dict[str, Any] = {"patch_id": patch_id, "rolling_on_failure": on_failure}
+    if on_failure not in ("rollback", "halt"):
+        raise BadInput(f"on_failure {on_failure!r} is not valid; use rollback or halt")
+    operator = _check(_PERSON_RE, operator, "operator", "alice") if operator else _login()
+    extravars["preflight_operator"] = operator
+    if emergency:
+        if not reason or not approver:
+            raise BadInput("an emergency rollout needs --reason and --approver (a second person, not the operator)")
+        extravars["preflight_emergency"] = True
+    if reason is not None:
+        extravars["preflight_reason"] = _check_text(reason, "reason")
+    if approver is not None:
+        _check(_PERSON_RE, approver, "approver", "bob")
+        if approver.lower() == operator.lower():
+            raise BadInput(f"approver {approver!r} is the operator; an override needs a second person")
+        extravars["preflight_approver"] = approver
+    if (s := _check_serial(serial)) is not None:
+        extravars["rolling_serial"] = s
+    if (v := _nonneg(canary_bake, "canary bake")) is not None:
+        extravars["rolling_canary_bake"] = v
+    if (v := _nonneg(bake, "bake")) is not None:
+        extravars["rolling_bake"] = v
+    if accept_irreversible:
+        extravars["preflight_accept_irreversible"] = True
+    if catalog is not None:
+        cat = Path(catalog).expanduser()
+        if not cat.is_dir():
+            raise BadInput(f"catalog {catalog}: no such folder; check the path")
+        extravars["preflight_catalog"] = str(cat.resolve())
+    _nonneg(timeout, "timeout")
+
+    def finish(job: Job) -> DeployResult:
+        ok = job.status is JobStatus.SUCCESSFUL and job.rc == 0
+        evidence = next((e for e in job.events if e.failed and e.task == TASK_FAIL_WITH_EVIDENCE), None)
+        change = _audit_change(job)
+        if ok:
+            outcome = "check" if check else "successful"
+        elif evidence is not None:
+            outcome = "halted" if "Halted" in evidence.msg else "rolled_back"
+        elif job.cancel_requested:
+            outcome = "canceled"
+        elif any(e.play == PREFLIGHT_PLAY for e in _failures(job)):
+            outcome = "refused"
+        else:
+            outcome = "failed"
+        if job.cancel_requested and outcome == "rolled_back":
+            outcome = "canceled"
+        failed_nodes = sorted({e.host for e in _failures(job) if e.host and e.host != "localhost"})
+        if not failed_nodes and evidence is not None:
+            failed_nodes = sorted(re.findall(r"[\w-]+", evidence.msg.split(" failed on ", 1)[-1].split(":", 1)[0]))
+        msg = None if ok else (evidence.msg if evidence is not None else _first_failure_msg(job)
+                               or f"rollout ended {job.status}; see {job.artifact_dir}")
+        return DeployResult(job=job.as_json(), exit_code=_exit_code(job, ok), message=msg, patch_id=patch_id,
+                            outcome=outcome, check=check, change=change, failed_nodes=failed_nodes, steps=_steps(job))
+
+    return start("deploy", "rolling_patch.yml", extravars, finish, inventory=_check_inventory(inventory),
+                 graceful_cancel=not check, timeout=timeout, check=check,
+                 vault_password_file=_check_file(vault_password_file, "vault password file"), operator=operator,
+                 event_handler=event_handler, status_handler=status_handler)
+
+
+def _login() -> str:
+    name = os.environ.get("EXCHPATCH_OPERATOR") or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+    return name if _PERSON_RE.match(name) else "unknown"
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+def rollback(component: str, *, to: str | None = None, inventory: str | Path | None = None, check: bool = False,
+             accept_irreversible: bool = False, operator: str | None = None, vault_password_file: str | None = None,
+             timeout: float | None = None, event_handler: EventHandler | None = None,
+             status_handler: StatusHandler | None = None) -> Job:
+    """Put a component back on its previous release, or on ``to`` (``playbooks/rollback.yml``)."""
+    if component not in COMPONENTS:
+        raise BadInput(f"component {component!r} is not valid; use one of {', '.join(COMPONENTS)}")
+    extravars: dict[str, Any] = {"component": component}
+    if to is not None:
+        extravars["version"] = _check(_VERSION_RE, to, "version", "1.4.2")
+    if accept_irreversible:
+        extravars["rollback_accept_irreversible"] = True
+    operator = _check(_PERSON_RE, operator, "operator", "alice") if operator else _login()
+    extravars["preflight_operator"] = operator
+    _nonneg(timeout, "timeout")
+
+    def finish(job: Job) -> RollbackResult:
+        ok = job.status is JobStatus.SUCCESSFUL and job.rc == 0
+        change = _audit_change(job)
+        if ok:
+            outcome = "check" if check else "successful"
+        elif job.cancel_requested:
+            outcome = "canceled"
+        elif not any(e.event == "runner_on_ok" and e.changed for e in job.events):
+            outcome = "refused"
+        else:
+            outcome = "failed"
+        msg = None if ok else (_first_failure_msg(job) or f"rollback ended {job.status}; see {job.artifact_dir}")
+        return RollbackResult(job=job.as_json(), exit_code=_exit_code(job, ok), message=msg, component=component,
+                              outcome=outcome, to_version=change.get("converged_version") or to, change=change,
+                              steps=_steps(job))
+
+    return start("rollback", "rollback.yml", extravars, finish, inventory=_check_inventory(inventory),
+                 timeout=timeout, check=check,
+                 vault_password_file=_check_file(vault_password_file, "vault password file"), operator=operator,
+                 event_handler=event_handler, status_handler=status_handler)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _parse_time(text: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def summarize_status(doc: dict[str, Any], now: dt.datetime | None = None) -> dict[str, Any]:
+    """Fleet status document → nodes, per-component versions and drift, shard primaries, locks."""
+    now = now or dt.datetime.now(dt.UTC)
+    nodes, components, shards, unreachable = [], {}, {}, []
+    for rec in doc.get("nodes", []):
+        st = rec.get("status") or {}
+        node = {
+            "name": rec.get("name"), "component": rec.get("component"), "address": rec.get("address"),
+            "shard": rec.get("shard"), "chains": rec.get("chains"), "version": st.get("version"),
+            "role": st.get("ha_role"), "ready": bool(st.get("ready")), "seq": st.get("seq"),
+            "mode": st.get("market_mode") or st.get("withdrawals"), "error": rec.get("error"),
+        }
+        nodes.append(node)
+        if not st:
+            unreachable.append(node["name"])
+        comp = components.setdefault(node["component"], {"versions": {}, "drift": False})
+        if node["version"]:
+            comp["versions"].setdefault(node["version"], []).append(node["name"])
+        if node["shard"] not in (None, "") and node["component"] == "matching-engine":
+            shard = shards.setdefault(str(node["shard"]), {"primary": None, "standbys": [], "healthy": False})
+            if node["role"] == "primary":
+                shard["primary"] = node["name"] if shard["primary"] is None else f"{shard['primary']},{node['name']}"
+                shard["healthy"] = node["ready"] and "," not in shard["primary"]
+            elif node["role"] == "standby":
+                shard["standbys"].append(node["name"])
+    for comp in components.values():
+        comp["drift"] = len(comp["versions"]) > 1
+    locks = []
+    for lock in doc.get("locks", []):
+        expires = _parse_time(lock.get("expires_at"))
+        locks.append({**lock, "stale": bool(expires and expires < now)})
+    return {"nodes": nodes, "components": components, "shards": shards, "locks": locks,
+            "drift": any(c["drift"] for c in components.values()), "unreachable": unreachable}
+
+
+def status(*, inventory: str | Path | None = None, vault_password_file: str | None = None,
+           event_handler: EventHandler | None = None, status_handler: StatusHandler | None = None) -> Job:
+    """Fleet versions, drift, HA roles and locks held (``playbooks/fleet_status.yml``); read-only."""
+
+    def finish(job: Job) -> StatusResult:
+        facts = next((e.res.get("ansible_facts", {}).get("fleet_status") for e in job.events
+                      if e.event == "runner_on_ok" and e.task == TASK_FLEET_STATUS
+                      and isinstance(e.res.get("ansible_facts"), dict)), None)
+        if facts is None:
+            return StatusResult(job=job.as_json(), exit_code=_exit_code(job, False),
+                                message=_first_failure_msg(job) or f"status playbook ended {job.status}; "
+                                f"see {job.artifact_dir}")
+        s = summarize_status(facts)
+        msg = f"no answer from {', '.join(s['unreachable'])}" if s["unreachable"] else None
+        return StatusResult(job=job.as_json(), exit_code=1 if s["unreachable"] else 0, message=msg, **s)
+
+    return start("status", "fleet_status.yml", {}, finish, inventory=_check_inventory(inventory),
+                 vault_password_file=_check_file(vault_password_file, "vault password file"),
+                 event_handler=event_handler, status_handler=status_handler)
+
+
+# --------------------------------------------------------------------------- audit trail
+
+
+AUDIT_ACTIONS = ("verify", "history", "metrics", "report")
+
+
+def audit(action: str, *, audit_file: str | None = None, run: str | None = None, load_report: str | None = None,
+          dest: str | None = None, prometheus: bool = False,
+          event_handler: EventHandler | None = None) -> Job:
+    """Verify the audit trail, list runs, compute metrics or write a run's report (``playbooks/audit.yml``)."""
+    if action not in AUDIT_ACTIONS:
+        raise BadInput(f"audit action {action!r} is not valid; use one of {', '.join(AUDIT_ACTIONS)}")
+    extravars: dict[str, Any] = {"audit_action": action}
+    if audit_file is not None:
+        extravars["audit_file"] = str(Path(audit_file).expanduser().resolve())
+    if run is not None:
+        extravars["audit_run"] = _check(_ID_RE, run, "run id", "20261124T101500-1a2b3c4d")
+    if load_report is not None:
+        extravars["audit_load_report"] = _check_file(load_report, "load report")
+    if dest is not None:
+        parent = Path(dest).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise BadInput(f"{dest}: folder {parent} does not exist; create it or choose another path")
+        extravars["audit_dest"] = str(Path(dest).expanduser().resolve())
+    if prometheus:
+        extravars["audit_prometheus"] = True
+
+    def finish(job: Job) -> AuditResult:
+        ev = next((e for e in job.events if e.task == TASK_AUDIT and e.event in ("runner_on_ok", "runner_on_failed")),
+                  None)
+        data = {k: v for k, v in (ev.res if ev else {}).items()
+                if k not in ("invocation", "changed", "failed", "_ansible_no_log")}
+        ok = job.status is JobStatus.SUCCESSFUL and ev is not None and not ev.failed
+        msg = None if ok else (_first_failure_msg(job) or f"audit playbook ended {job.status}; see {job.artifact_dir}")
+        return AuditResult(job=job.as_json(), exit_code=_exit_code(job, ok), message=msg, action=action, data=data)
+
+    return start("audit", "audit.yml", extravars, finish, inventory=str(Path(__file__).resolve().parent
+                                                                         / "empty_inventory.yml"),
+                 event_handler=event_handler)

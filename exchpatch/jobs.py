@@ -1,0 +1,295 @@
+"""Jobs: one playbook run through ``ansible_runner.run_async``, with a status machine.
+
+Modelled on ansible-runner's own runner: a job goes ``starting`` → ``running`` →
+``successful`` | ``failed`` | ``canceled`` | ``timeout``; every playbook event is kept and
+handed to whoever subscribed (the CLI's progress display, an HTTP API, a bot) as it
+arrives; :meth:`Job.wait` returns the typed result the caller's ``finish`` function made
+from the events.
+
+Each job gets a fresh private data dir under the driver's own folder (outside the
+repository; ansible-runner would otherwise reuse ``env/`` files of an earlier run), and only
+the newest :data:`KEEP_RUNS` are kept. The driver never imports collection code: what a
+job runs is a playbook name plus extra variables.
+
+Cancel is two-staged, because a rollout killed mid-batch leaves a drained node and a held
+lock behind: :meth:`Job.cancel` first writes the run's cancel file, which the rollout
+playbooks check before they touch the next node (the node fails as "canceled by the
+operator", so the playbook's own rollback and lock rules apply and the run ends cleanly);
+only when the playbook has not ended after ``grace`` seconds, or for read-only jobs at once,
+is the process group killed.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import shlex
+import shutil
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_INVENTORY = REPO / "inventories" / "testbed"
+KEEP_RUNS = 30
+CANCEL_FILE = "cancel"
+
+
+class JobStatus(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCESSFUL = "successful"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    TIMEOUT = "timeout"
+
+    @property
+    def done(self) -> bool:
+        return self not in (JobStatus.STARTING, JobStatus.RUNNING)
+
+
+class JobError(Exception):
+    """Base of the driver's errors; ``str()`` names the thing and the fix."""
+
+
+class BadInput(JobError, ValueError):
+    """A parameter was refused before anything ran (exit code 2)."""
+
+
+def data_dir() -> Path:
+    """The driver's working folder: ``$EXCHPATCH_DATA_DIR`` or ``~/.cache/exchpatch``."""
+    base = os.environ.get("EXCHPATCH_DATA_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "exchpatch")
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def new_job_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+def _private_data_dir(ident: str) -> Path:
+    runs = data_dir() / "runs"
+    runs.mkdir(exist_ok=True, mode=0o700)
+    old = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for stale in old[:max(0, len(old) - KEEP_RUNS + 1)]:
+        shutil.rmtree(stale, ignore_errors=True)
+    path = runs / ident
+    path.mkdir(mode=0o700)
+    return path
+
+
+@dataclass
+class JobEvent:
+    """One playbook event, flattened from ansible-runner's event dict."""
+
+    counter: int
+    event: str
+    created: str
+    play: str | None = None
+    task: str | None = None
+    host: str | None = None
+    changed: bool | None = None
+    ignored: bool = False
+    res: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_runner(cls, ev: dict[str, Any]) -> JobEvent:
+        data = ev.get("event_data") or {}
+        res = data.get("res") if isinstance(data.get("res"), dict) else {}
+        return cls(
+            counter=int(ev.get("counter") or 0), event=str(ev.get("event") or ""), created=str(ev.get("created") or ""),
+            play=data.get("play"), task=data.get("task"), host=data.get("host"),
+            changed=res.get("changed") if res else None, ignored=bool(data.get("ignore_errors")), res=res,
+        )
+
+    @property
+    def failed(self) -> bool:
+        return self.event in ("runner_on_failed", "runner_on_unreachable") and not self.ignored
+
+    @property
+    def msg(self) -> str:
+        return str(self.res.get("msg") or self.res.get("reason") or "")
+
+    def as_json(self) -> dict[str, Any]:
+        return {"counter": self.counter, "event": self.event, "created": self.created, "play": self.play,
+                "task": self.task, "host": self.host, "changed": self.changed, "failed": self.failed,
+                "msg": self.msg or None}
+
+
+EventHandler = Callable[["Job", JobEvent], None]
+StatusHandler = Callable[["Job", JobStatus], None]
+
+
+class Job:
+    """One running playbook. Create with :func:`start`; read ``status``, ``events``, ``result``."""
+
+    def __init__(self, kind: str, playbook: str, ident: str, finish: Callable[[Job], Any],
+                 graceful_cancel: bool) -> None:
+        self.kind = kind
+        self.playbook = playbook
+        self.id = ident
+        self.status = JobStatus.STARTING
+        self.events: list[JobEvent] = []
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.rc: int | None = None
+        self.private_data_dir: Path | None = None
+        self.artifact_dir: str = ""
+        self.started = time.time()
+        self.finished: float | None = None
+        self.cancel_requested = False
+        self._finish = finish
+        self._graceful = graceful_cancel
+        self._kill_at: float | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._event_handlers: list[EventHandler] = []
+        self._status_handlers: list[StatusHandler] = []
+        self._thread: threading.Thread | None = None
+
+    # -- subscription
+    def on_event(self, handler: EventHandler) -> None:
+        self._event_handlers.append(handler)
+
+    def on_status(self, handler: StatusHandler) -> None:
+        self._status_handlers.append(handler)
+
+    # -- control
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the job ended; return its result (or raise what building it raised)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.id} still {self.status} after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def cancel(self, grace: float = 300.0) -> None:
+        """Ask the job to stop. Rollouts stop before their next node and roll back what they
+        touched; after ``grace`` seconds (read-only jobs: at once) the process group is killed."""
+        with self._lock:
+            if self.done:
+                return
+            first = not self.cancel_requested
+            self.cancel_requested = True
+            if self.private_data_dir is not None:
+                (self.private_data_dir / CANCEL_FILE).write_text("canceled by the operator\n")
+            now = time.time()
+            deadline = now + (grace if self._graceful and first else 0.0)
+            self._kill_at = deadline if self._kill_at is None else min(self._kill_at, deadline)
+
+    def iter_events(self, poll: float = 0.2) -> Iterator[JobEvent]:
+        """Yield events as they arrive until the job ended (for HTTP streaming and bots)."""
+        seen = 0
+        while True:
+            while seen < len(self.events):
+                seen += 1
+                yield self.events[seen - 1]
+            if self.done and seen >= len(self.events):
+                return
+            time.sleep(poll)
+
+    # -- ansible-runner callbacks
+    def _runner_event(self, ev: dict[str, Any]) -> bool:
+        event = JobEvent.from_runner(ev)
+        self.events.append(event)
+        for handler in self._event_handlers:
+            handler(self, event)
+        return True
+
+    def _runner_status(self, data: dict[str, Any], runner_config: Any = None) -> None:
+        status = str(data.get("status", ""))
+        if status == "running":
+            self._set_status(JobStatus.RUNNING)
+
+    def _runner_cancel(self) -> bool:
+        return self._kill_at is not None and time.time() >= self._kill_at
+
+    def _set_status(self, status: JobStatus) -> None:
+        self.status = status
+        for handler in self._status_handlers:
+            handler(self, status)
+
+    def _run(self, kwargs: dict[str, Any]) -> None:
+        import ansible_runner
+
+        try:
+            thread, runner = ansible_runner.run_async(**kwargs)
+            thread.join()
+            self.rc = runner.rc
+            self.artifact_dir = str(getattr(runner.config, "artifact_dir", ""))
+            final = JobStatus(runner.status) if runner.status in JobStatus.__members__.values() else JobStatus.FAILED
+            if self.cancel_requested and final is not JobStatus.SUCCESSFUL:
+                final = JobStatus.CANCELED
+            self.finished = time.time()
+            try:
+                self.result = self._finish(self)
+            except Exception as e:  # noqa: BLE001 - handed to whoever waits, re-raised by wait()
+                self.error = e
+            self._set_status(final)
+        except Exception as e:  # noqa: BLE001 - same: the job thread must always end the job
+            self.error = e
+            self.finished = time.time()
+            self._set_status(JobStatus.FAILED)
+        finally:
+            self._done.set()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "playbook": self.playbook, "status": str(self.status),
+                "rc": self.rc, "started": _iso(self.started),
+                "finished": _iso(self.finished) if self.finished else None,
+                "cancel_requested": self.cancel_requested, "artifacts": self.artifact_dir or None}
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def start(kind: str, playbook: str, extravars: dict[str, Any], finish: Callable[[Job], Any], *,
+          inventory: str | Path | None = None, graceful_cancel: bool = False, timeout: float | None = None,
+          vault_password_file: str | None = None, operator: str | None = None, check: bool = False,
+          event_handler: EventHandler | None = None, status_handler: StatusHandler | None = None) -> Job:
+    """Start ``playbooks/<playbook>`` in the background and return its :class:`Job`."""
+    ident = new_job_id()
+    job = Job(kind, playbook, ident, finish, graceful_cancel)
+    if event_handler:
+        job.on_event(event_handler)
+    if status_handler:
+        job.on_status(status_handler)
+    job.private_data_dir = _private_data_dir(ident)
+    extravars = {**extravars, "exchpatch_cancel_file": str(job.private_data_dir / CANCEL_FILE)}
+    env = {
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+        "ANSIBLE_NOCOLOR": "1",
+        "EXCHPATCH_RUN_ID": ident,
+    }
+    for name in ("EXCHPATCH_AUDIT_FILE", "XDG_STATE_HOME", "HOME"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    if operator:
+        env["EXCHPATCH_OPERATOR"] = operator
+    args = ["--check"] if check else []
+    if vault_password_file:
+        args += ["--vault-password-file", vault_password_file]
+    cmdline = " ".join(shlex.quote(a) for a in args) or None
+    kwargs: dict[str, Any] = dict(
+        private_data_dir=str(job.private_data_dir), project_dir=str(REPO),
+        playbook=str(Path("playbooks") / playbook), inventory=str(inventory or DEFAULT_INVENTORY),
+        extravars=extravars, envvars=env, ident=ident, quiet=True, cmdline=cmdline,
+        event_handler=job._runner_event, status_handler=job._runner_status, cancel_callback=job._runner_cancel,
+        timeout=timeout, suppress_env_files=True,
+    )
+    job._thread = threading.Thread(target=job._run, args=(kwargs,), name=f"exchpatch-{ident}", daemon=True)
+    job._thread.start()
+    return job
