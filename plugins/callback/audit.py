@@ -1,0 +1,303 @@
+# Copyright (c) 2026, exchangeops engineering
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: audit
+type: notification
+short_description: Write every playbook event, redacted, to a hash-chained audit trail
+version_added: 0.1.0
+description:
+  - Appends one JSON record per event to an append-only JSON Lines file in which every record
+    carries the sha256 of the record before it, so that an edited, removed, inserted or reordered
+    record is found by the C(exchangeops.patching.audit_trail) module (O(action=verify)).
+  - Each run opens a change record (V(change_opened)) with the operator, approver, reason, emergency
+    flag, patch and check mode; adds what the playbook learns (V(change_updated), from the
+    C(audit_change) fact that the collection's playbooks set with M(ansible.builtin.set_fact));
+    records every task start and result (V(event)); and closes the change with its outcome
+    (V(change_closed)) at the end of the run. A run killed before its end keeps every record
+    already written; the history shows it as interrupted.
+  - "Redacted before hashing and writing: any key whose name contains token, password, passwd, secret,
+    private_key, authorization, api_key or vault; and any string containing a secret value seen in
+    extra vars, inventory variables, vault secrets or task results (values of such keys, at least
+    6 characters long). Results of C(no_log) tasks stay censored."
+  - The operator comes from the extra var C(preflight_operator), else the environment variable
+    E(EXCHPATCH_OPERATOR), else the login user; approver, reason and emergency from the extra vars
+    C(preflight_approver), C(preflight_reason) and C(preflight_emergency). The run id is
+    E(EXCHPATCH_RUN_ID) when set (the exchpatch driver sets it to its job id), else a fresh uuid4.
+  - Several runs may write the same file at once; each append holds an exclusive C(flock) on the file
+    and is fsynced. A write error is shown as a warning and never stops the playbook.
+  - The file format is documented in docs/audit.md of the collection.
+requirements:
+  - Enable the callback, for example C(callbacks_enabled = exchangeops.patching.audit) in the
+    C([defaults]) section of C(ansible.cfg).
+options:
+  audit_file:
+    description:
+      - The audit trail file. Its folder is created with mode C(0700) and the file with C(0600).
+      - Defaults to C($XDG_STATE_HOME/exchpatch/audit.jsonl), that is
+        C(~/.local/state/exchpatch/audit.jsonl) when E(XDG_STATE_HOME) is unset.
+    type: path
+    env:
+      - name: EXCHPATCH_AUDIT_FILE
+    ini:
+      - section: exchpatch_audit
+        key: file
+  exclude_playbooks:
+    description:
+      - Playbook file names (basenames) that are not recorded. Reading the trail is not a change.
+    type: list
+    elements: str
+    default: [audit.yml]
+    env:
+      - name: EXCHPATCH_AUDIT_EXCLUDE
+    ini:
+      - section: exchpatch_audit
+        key: exclude_playbooks
+"""
+
+import atexit
+import datetime as dt
+import getpass
+import os
+import time
+import uuid
+from typing import Any
+
+from ansible import context
+from ansible.plugins.callback import CallbackBase
+from ansible.utils.display import Display
+from ansible.utils.vars import load_extra_vars
+from ansible_collections.exchangeops.patching.plugins.module_utils._audit import (
+    AuditError,
+    Redactor,
+    append,
+    default_path,
+    iso,
+    trim,
+    utc_now,
+)
+
+display = Display()
+
+# Result keys that never go into an event: Ansible internals, the module's arguments, and
+# bulky copies of other keys.
+DROP_KEYS = {"invocation", "stdout_lines", "stderr_lines", "diff", "_ansible_no_log", "_ansible_verbose_always",
+             "_ansible_item_label", "_ansible_delegated_vars", "ansible_loop_var", "_ansible_parsed",
+             "warnings", "deprecations", "module_args"}
+
+
+def _clean(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in DROP_KEYS and not str(k).startswith("_ansible")}
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on", "y")
+    return bool(value)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+class CallbackModule(CallbackBase):
+    """Appends the audit records of a run to the hash-chained trail."""
+
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "notification"
+    CALLBACK_NAME = "exchangeops.patching.audit"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, display=None):
+        super().__init__(display=display)
+        self.path = default_path()
+        self.exclude: list[str] = ["audit.yml"]
+        self.run_id = os.environ.get("EXCHPATCH_RUN_ID") or uuid.uuid4().hex
+        self.redactor = Redactor()
+        self.opened = False
+        self.closed = False
+        self.skip = False
+        self.broken = False
+        self.started: dt.datetime | None = None
+        self.check_mode = False
+        self.change: dict[str, Any] = {}
+        self.play_name: str | None = None
+        self.learned_inventory = False
+        self.task_started: dict[str, float] = {}
+        self.failures = 0
+
+    def set_options(self, task_keys=None, var_options=None, direct=None):
+        super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
+        self.path = os.path.expanduser(self.get_option("audit_file") or default_path())
+        self.exclude = [str(p) for p in self.get_option("exclude_playbooks") or []]
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def _write(self, kind: str, **fields: Any) -> None:
+        if self.skip or self.broken:
+            return
+        record = {"run": self.run_id, "kind": kind, "ts": iso(utc_now())}
+        record.update(self.redactor.redact(fields))
+        try:
+            append(self.path, [record])
+        except (AuditError, OSError) as e:
+            # The audit trail must never take a rollout down halfway; say so loudly instead.
+            self.broken = True
+            self._display.warning(f"audit trail not written from here on: {e}")
+
+    # --- secrets ----------------------------------------------------------------------------
+
+    def _learn_vault_secrets(self, loader: Any) -> None:
+        vault = getattr(loader, "_vault", None)
+        for _vault_id, secret in getattr(vault, "secrets", None) or []:
+            try:
+                self.redactor.learn(secret.bytes)
+            except Exception:  # noqa: BLE001 - a secret that cannot be read cannot leak either
+                continue
+
+    def _learn_inventory_secrets(self, play: Any) -> None:
+        if self.learned_inventory:
+            return
+        self.learned_inventory = True
+        manager = play.get_variable_manager()
+        inventory = getattr(manager, "_inventory", None)
+        if inventory is None:
+            return
+        for host in inventory.get_hosts(ignore_restrictions=True):
+            try:
+                self.redactor.learn_from(manager.get_vars(host=host, include_hostvars=False))
+            except Exception as e:  # noqa: BLE001 - an inventory that cannot be read is reported, not fatal
+                self._display.warning(f"audit: could not read the variables of {host} for redaction: {e}")
+
+    # --- change record ----------------------------------------------------------------------
+
+    def v2_playbook_on_start(self, playbook):
+        name = os.path.basename(getattr(playbook, "_file_name", "") or "")
+        if name in self.exclude:
+            self.skip = True
+            return
+        loader = getattr(playbook, "_loader", None)
+        extra: dict[str, Any] = {}
+        if loader is not None:
+            self._learn_vault_secrets(loader)
+            try:
+                extra = dict(load_extra_vars(loader))
+            except Exception:  # noqa: BLE001 - bad extra vars fail the run itself, with Ansible's message
+                extra = {}
+        self.redactor.learn_from(extra)
+        self.check_mode = bool(context.CLIARGS.get("check"))
+        self.started = utc_now()
+        emergency = _as_bool(extra.get("preflight_emergency", False))
+        operator = (_text(extra.get("preflight_operator")) or _text(os.environ.get("EXCHPATCH_OPERATOR"))
+                    or getpass.getuser())
+        self.change = {"patch_id": _text(extra.get("patch_id")), "component": _text(extra.get("component"))}
+        self._write(
+            "change_opened", playbook=name, operator=operator, approver=_text(extra.get("preflight_approver")),
+            reason=_text(extra.get("preflight_reason")), emergency=emergency, patch_id=self.change["patch_id"],
+            component=self.change["component"], check_mode=self.check_mode, extra_vars=extra,
+        )
+        self.opened = True
+        atexit.register(self._close_if_interrupted)
+
+    def _close_if_interrupted(self) -> None:
+        # Ctrl-C or a cancel that lets Python exit: close the change as canceled. A SIGKILL runs
+        # nothing here; the history shows such a run as interrupted.
+        if self.opened and not self.closed and not self.skip:
+            self._close("canceled", {})
+
+    def _close(self, outcome: str, stats: dict[str, Any]) -> None:
+        self.closed = True
+        finished = utc_now()
+        self._write("change_closed", outcome=outcome, stats=stats,
+                    started=iso(self.started or finished), finished=iso(finished))
+
+    def _outcome(self, stats: dict[str, dict[str, int]]) -> str:
+        if self.check_mode:
+            return "check"
+        if _as_bool(self.change.get("halted")):
+            return "halted"
+        if _as_bool(self.change.get("rolled_back")):
+            return "rolled_back"
+        if any(s.get("failures") or s.get("unreachable") for s in stats.values()):
+            return "failed"
+        return "successful"
+
+    def v2_playbook_on_stats(self, stats):
+        per_host = {h: stats.summarize(h) for h in sorted(stats.processed)}
+        self._write("event", event="playbook_on_stats", play=None, task=None, host=None, changed=None,
+                    res={"hosts": len(per_host)}, duration_s=None)
+        if self.opened and not self.closed:
+            self._close(self._outcome(per_host), per_host)
+
+    # --- events -----------------------------------------------------------------------------
+
+    def v2_playbook_on_play_start(self, play):
+        self.play_name = play.get_name()
+        self._learn_inventory_secrets(play)
+        self._write("event", event="playbook_on_play_start", play=self.play_name, task=None, host=None,
+                    changed=None, res={"hosts": list(play.hosts) if isinstance(play.hosts, list) else play.hosts},
+                    duration_s=None)
+
+    def _task_start(self, event: str, task: Any) -> None:
+        self.task_started[task._uuid] = time.monotonic()
+        self._write("event", event=event, play=self.play_name, task=task.get_name(), host=None, changed=None,
+                    res={"action": task.action}, duration_s=None)
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        self._task_start("playbook_on_task_start", task)
+
+    def v2_playbook_on_handler_task_start(self, task):
+        self._task_start("playbook_on_handler_task_start", task)
+
+    def _result(self, event: str, result: Any, **extra: Any) -> None:
+        task = result.task
+        raw = dict(result.result)
+        self.redactor.learn_from(raw)
+        # redact before trimming: a cut must never leave half a secret behind
+        data = self.redactor.redact({k: v for k, v in raw.items() if k != "_ansible_delegated_vars"})
+        facts = data.get("ansible_facts")
+        res = {k: trim(v) for k, v in _clean(data).items()}
+        if isinstance(data.get("results"), list):
+            res["results"] = trim([_clean(r) if isinstance(r, dict) else r for r in data["results"]])
+        if isinstance(facts, dict):
+            res["ansible_facts"] = sorted(facts)
+        if event.startswith("runner_item"):
+            res["item"] = trim(data.get("_ansible_item_label", data.get(data.get("ansible_loop_var", "item"))), 200)
+        delegated = raw.get("_ansible_delegated_vars") or {}
+        started = self.task_started.get(task._uuid)
+        changed = data.get("changed")
+        self._write("event", event=event, play=self.play_name, task=task.get_name(), host=result.host.get_name(),
+                    action=task.action, delegated_to=delegated.get("ansible_delegated_host"),
+                    changed=bool(changed) if changed is not None else None, res=res,
+                    duration_s=round(time.monotonic() - started, 3) if started is not None else None, **extra)
+        if event == "runner_on_ok" and isinstance(facts, dict) and isinstance(facts.get("audit_change"), dict):
+            update = dict(facts["audit_change"])
+            self.change.update({k: v for k, v in update.items() if v is not None})
+            self._write("change_updated", change=update)
+
+    def v2_runner_on_ok(self, result):
+        self._result("runner_on_ok", result)
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        self._result("runner_on_failed", result, ignored=bool(ignore_errors))
+
+    def v2_runner_on_unreachable(self, result):
+        self._result("runner_on_unreachable", result)
+
+    def v2_runner_on_skipped(self, result):
+        self._result("runner_on_skipped", result)
+
+    def v2_runner_item_on_ok(self, result):
+        self._result("runner_item_on_ok", result)
+
+    def v2_runner_item_on_failed(self, result):
+        self._result("runner_item_on_failed", result)
+
+    def v2_runner_item_on_skipped(self, result):
+        self._result("runner_item_on_skipped", result)
