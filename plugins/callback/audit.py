@@ -4,6 +4,28 @@
 
 from __future__ import annotations
 
+import atexit
+import datetime as dt
+import getpass
+import os
+import time
+import uuid
+from typing import Any
+
+from ansible import context
+from ansible.plugins.callback import CallbackBase
+from ansible.utils.display import Display
+from ansible.utils.vars import load_extra_vars
+from ansible_collections.exchangeops.patching.plugins.module_utils._audit import (
+    AuditError,
+    Redactor,
+    append,
+    default_path,
+    iso,
+    trim,
+    utc_now,
+)
+
 DOCUMENTATION = r"""
 name: audit
 type: notification
@@ -57,28 +79,6 @@ options:
       - section: exchpatch_audit
         key: exclude_playbooks
 """
-
-import atexit
-import datetime as dt
-import getpass
-import os
-import time
-import uuid
-from typing import Any
-
-from ansible import context
-from ansible.plugins.callback import CallbackBase
-from ansible.utils.display import Display
-from ansible.utils.vars import load_extra_vars
-from ansible_collections.exchangeops.patching.plugins.module_utils._audit import (
-    AuditError,
-    Redactor,
-    append,
-    default_path,
-    iso,
-    trim,
-    utc_now,
-)
 
 display = Display()
 

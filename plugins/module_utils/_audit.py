@@ -107,7 +107,7 @@ def _plain(value: Any) -> Any:
     decrypt itself, so anything whose type name says vault or encrypted is redacted outright."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
-    if isinstance(value, Mapping) or isinstance(value, list | tuple | set | frozenset):
+    if isinstance(value, Mapping | list | tuple | set | frozenset):
         return value
     name = type(value).__name__.lower()
     if "vault" in name or "encrypted" in name:
@@ -141,6 +141,14 @@ class Redactor:
 
     def learn_from(self, data: Any, under_secret: bool = False, _depth: int = 0) -> None:
         if _depth > 40:
+            return
+        if under_secret and _plain(data) == REDACTED:
+            # a vault-encrypted value: learn its plain text (kept in memory only) so that a
+            # message into which it was templated is still redacted
+            try:
+                self.learn(str(data))
+            except Exception:  # noqa: BLE001 - what cannot be decrypted cannot leak either
+                return
             return
         data = _plain(data)
         if isinstance(data, Mapping):

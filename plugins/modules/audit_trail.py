@@ -247,6 +247,7 @@ from ansible_collections.exchangeops.patching.plugins.module_utils._audit import
     verify,
     write_text_atomic,
 )
+from ansible_collections.exchangeops.patching.plugins.module_utils._report import render_html
 
 
 def run_verify(module: AnsibleModule, path: str) -> dict:
@@ -266,9 +267,6 @@ def run_verify(module: AnsibleModule, path: str) -> dict:
 
 
 def run_report(module: AnsibleModule, path: str) -> dict:
-    # imported here so that verify, history and metrics work even where the report's module_utils is absent
-    from ansible_collections.exchangeops.patching.plugins.module_utils._report import render_html
-
     runs = group_runs(read_records(path))
     try:
         run = find_run(runs, module.params["run"])
@@ -319,7 +317,8 @@ def main() -> None:
         try:
             now = parse_ts(module.params["now"]) if module.params["now"] else None
         except ValueError:
-            module.fail_json(msg=f"now: {module.params['now']!r} is not an ISO 8601 time; give e.g. 2026-11-24T00:00:00Z")
+            module.fail_json(msg=f"now: {module.params['now']!r} is not an ISO 8601 time; "
+                                 "give e.g. 2026-11-24T00:00:00Z")
         values = metrics(runs, now=now)
         result = {"changed": False, "file": path, "metrics": values}
         if module.params["prometheus"]:
