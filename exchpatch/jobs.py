@@ -232,6 +232,7 @@ class Job:
             if self.cancel_requested and final is not JobStatus.SUCCESSFUL:
                 final = JobStatus.CANCELED
             self.finished = time.time()
+            self.status = final  # the result's job snapshot shows the final status
             try:
                 self.result = self._finish(self)
             except Exception as e:  # noqa: BLE001 - handed to whoever waits, re-raised by wait()
