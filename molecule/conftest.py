@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import testinfra
 
 
 def fleet_root() -> Path:
@@ -30,6 +31,24 @@ def fleet_root() -> Path:
 def seed() -> dict[str, Any]:
     """What create recorded: the seeding load report and every node's seq, role and journal."""
     return json.loads((fleet_root() / "molecule-seed.json").read_text())
+
+
+@pytest.fixture()
+def fleet_host(request: pytest.FixtureRequest) -> Any:
+    """Another inventory host of the fleet by name (the load balancer, a node's peer), reached the
+    way the inventory says (local or SSH)."""
+    inventory = request.config.option.ansible_inventory
+
+    def get(name: str) -> Any:
+        return testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
+
+    return get
+
+
+@pytest.fixture()
+def controller() -> Any:
+    """The controller (where locks live and ansible runs)."""
+    return testinfra.get_host("local://")
 
 
 def node_vars(host: Any) -> dict[str, Any]:
