@@ -4,28 +4,6 @@
 
 from __future__ import annotations
 
-import atexit
-import datetime as dt
-import getpass
-import os
-import time
-import uuid
-from typing import Any
-
-from ansible import context
-from ansible.plugins.callback import CallbackBase
-from ansible.utils.display import Display
-from ansible.utils.vars import load_extra_vars
-from ansible_collections.exchangeops.patching.plugins.module_utils._audit import (
-    AuditError,
-    Redactor,
-    append,
-    default_path,
-    iso,
-    trim,
-    utc_now,
-)
-
 DOCUMENTATION = r"""
 name: audit
 type: notification
@@ -34,7 +12,7 @@ version_added: 0.1.0
 description:
   - Appends one JSON record per event to an append-only JSON Lines file in which every record
     carries the sha256 of the record before it, so that an edited, removed, inserted or reordered
-    record is found by the C(exchangeops.patching.audit_trail) module (O(action=verify)).
+    record is found by the M(exchangeops.patching.audit_trail) module (C(action=verify)).
   - Each run opens a change record (V(change_opened)) with the operator, approver, reason, emergency
     flag, patch and check mode; adds what the playbook learns (V(change_updated), from the
     C(audit_change) fact that the collection's playbooks set with M(ansible.builtin.set_fact));
@@ -79,6 +57,28 @@ options:
       - section: exchpatch_audit
         key: exclude_playbooks
 """
+
+import atexit
+import datetime as dt
+import getpass
+import os
+import time
+import uuid
+from typing import Any
+
+from ansible import context
+from ansible.plugins.callback import CallbackBase
+from ansible.utils.display import Display
+from ansible.utils.vars import load_extra_vars
+from ansible_collections.exchangeops.patching.plugins.module_utils._audit import (
+    AuditError,
+    Redactor,
+    append,
+    default_path,
+    iso,
+    trim,
+    utc_now,
+)
 
 display = Display()
 

@@ -259,8 +259,8 @@ def run_verify(module: AnsibleModule, path: str) -> dict:
                              "EXCHPATCH_AUDIT_FILE at the trail", file=path, ok=False, records=0, problems=[])
     result = {"file": path, "ok": not problems, "records": count, "problems": [p.as_json() for p in problems]}
     if problems:
-        shown = "; ".join(str(p) for p in problems[:10]) + (f"; and {len(problems) - 10} more"
-                                                             if len(problems) > 10 else "")
+        more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+        shown = "; ".join(str(p) for p in problems[:10]) + more
         module.fail_json(msg=f"{path}: the audit trail does not verify ({len(problems)} problem(s)): {shown}. "
                              "Restore the file from a trusted copy and investigate who changed it.", **result)
     return result

@@ -1,0 +1,242 @@
+"""The audit callback and playbooks/audit.yml on real ansible-playbook runs against a real testbed.
+
+One fleet serves the module: a plan (feed dates), a good rollout fixing CVE-2026-31337, a
+crashing release caught at the canary and rolled back; then verify, history, metrics, the
+absence of every admin token, and tamper detection through playbooks/audit.yml.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testbed import fleet as tb
+from testbed.release import build_release
+
+pytestmark = pytest.mark.fleet
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+NET = 63
+CVE = "CVE-2026-31337"  # KEV dateAdded 2026-11-18 in feeds/kev.json
+FEEDS = sorted(str(p) for p in (REPO / "feeds").iterdir() if p.is_file())
+VAULT_PASSWORD = "vault-pass-7f3e91c2"
+VAULTED_VALUE = "vaulted-api-key-5a8d"
+
+
+def env_for(audit: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "EXCHPATCH_RUN_ID"}
+    return {**env, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+            "EXCHPATCH_AUDIT_FILE": str(audit), **extra}
+
+
+def playbook(audit: Path, inventory: str, path: Path, *extra: str, timeout: float = 400,
+             env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "ansible-playbook"), "-i", inventory, str(path), *extra], capture_output=True,
+                          text=True, env=env or env_for(audit), cwd=REPO, timeout=timeout, check=False)
+
+
+def audit(audit_file: Path, action: str, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """Run playbooks/audit.yml with a JSON stdout callback; return the process and the module result."""
+    env = env_for(audit_file, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json")
+    res = playbook(audit_file, str(REPO / "exchpatch" / "empty_inventory.yml"), REPO / "playbooks" / "audit.yml",
+                   "-e", f"audit_action={action}", *extra, env=env, timeout=120)
+    doc = json.loads(res.stdout)
+    tasks = [t for p in doc["plays"] for t in p["tasks"] if t["task"]["name"] == "Read the audit trail"]
+    return res, tasks[0]["hosts"]["localhost"]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fleet")
+    f = tb.up(root, shards=2, wallets=2, net=NET)
+    try:
+        yield f
+    finally:
+        tb.down(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def trail(fleet, tmp_path_factory):
+    """An audit trail holding: plan, good rollout, crashing rollout."""
+    root = tmp_path_factory.mktemp("audit")
+    audit_file = root / "state" / "audit.jsonl"
+    inv = fleet.inventory_dir
+    plan = playbook(audit_file, inv, REPO / "playbooks" / "plan.yml",
+                    "-e", json.dumps({"plan_feeds": FEEDS, "plan_catalog": str(REPO / "patches")}))
+    assert plan.returncode == 0, plan.stdout[-3000:]
+    froot = Path(fleet.root)
+    good = build_release(froot / "releases", froot / "keys", froot / "catalog", "matching-engine", "1.4.3",
+                         fixes=[CVE]).id
+    bad = build_release(froot / "releases", froot / "keys", froot / "catalog", "matching-engine", "1.4.4",
+                        fault="crash").id
+    ok = playbook(audit_file, inv, REPO / "playbooks" / "rolling_patch.yml", "-e", f"patch_id={good}",
+                  "-e", "rolling_canary_bake=1", "-e", "preflight_operator=alice")
+    assert ok.returncode == 0, ok.stdout[-3000:]
+    crash = playbook(audit_file, inv, REPO / "playbooks" / "rolling_patch.yml", "-e", f"patch_id={bad}",
+                     "-e", "rolling_canary_bake=1", "-e", "matching_node_gate_timeout=10")
+    assert crash.returncode != 0 and "Rolled back" in crash.stdout, crash.stdout[-3000:]
+    try:
+        yield {"fleet": fleet, "file": audit_file, "root": root, "good": good, "bad": bad}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_trail_verifies_and_history_has_the_outcomes(trail):
+    res, result = audit(trail["file"], "verify")
+    assert res.returncode == 0 and result["ok"] is True and result["problems"] == []
+    assert result["records"] > 100
+    res, result = audit(trail["file"], "history")
+    assert res.returncode == 0
+    rows = [(r["playbook"], r["patch_id"], r["outcome"]) for r in result["runs"]]
+    assert rows == [("plan.yml", None, "successful"),
+                    ("rolling_patch.yml", trail["good"], "successful"),
+                    ("rolling_patch.yml", trail["bad"], "rolled_back")]
+    good = result["runs"][1]
+    assert (good["operator"], good["version"], good["cves"], good["emergency"]) == ("alice", "1.4.3", [CVE], False)
+    assert good["duration_s"] > 0
+
+
+def test_metrics_cfr_mttr_and_time_to_restore(trail):
+    res, result = audit(trail["file"], "metrics", "-e", "audit_prometheus=true",
+                        "-e", f"audit_dest={trail['root'] / 'exchpatch.prom'}")
+    assert res.returncode == 0
+    m = result["metrics"]
+    assert (m["deployments"], m["failed_deployments"], m["rollbacks"]) == (2, 1, 1)
+    assert m["change_failure_rate"] == 0.5
+    history = audit(trail["file"], "history")[1]["runs"]
+    fixed = {r["cve"]: r for r in m["mttr"]["per_cve"]}[CVE]
+    # first seen: KEV dateAdded from the plan run; fixed: the good run's change_closed
+    assert fixed["first_seen"] == "2026-11-18T00:00:00.000000Z" and "plan run" in fixed["first_seen_source"]
+    assert fixed["fixed_by_run"] == history[1]["run"] and fixed["fixed_at"] == history[1]["finished"]
+    closed = dt.datetime.fromisoformat(history[1]["finished"].replace("Z", "+00:00"))
+    assert fixed["mttr_s"] == round((closed - dt.datetime(2026, 11, 18, tzinfo=dt.UTC)).total_seconds(), 3)
+    restore = m["time_to_restore"]
+    assert [r["run"] for r in restore] == [history[2]["run"]]
+    assert restore[0]["restored_by_run"] == history[2]["run"]  # its own rollback converged the fleet
+    assert 0 < restore[0]["time_to_restore_s"] < history[2]["duration_s"]
+    prom = (trail["root"] / "exchpatch.prom").read_text()
+    assert prom == result["prometheus"]
+    assert "exchpatch_change_failure_rate 0.5\n" in prom
+    assert f'exchpatch_cve_time_to_remediate_seconds{{cve="{CVE}",patch_id="{trail["good"]}"}}' in prom
+
+
+def test_no_admin_token_reaches_the_audit_file(trail):
+    secrets = yaml.safe_load((Path(trail["fleet"].inventory_dir) / "group_vars" / "all" / "secrets.yml").read_text())
+    tokens = list(secrets["exchange_admin_tokens"].values())
+    assert len(tokens) == 6
+    text = trail["file"].read_text()
+    assert "<redacted>" in text
+    for token in tokens:
+        assert token not in text
+
+
+def test_report_of_the_rolled_back_run(trail):
+    history = audit(trail["file"], "history")[1]["runs"]
+    dest = trail["root"] / "crash.html"
+    res, result = audit(trail["file"], "report", "-e", f"audit_run={history[2]['run']}", "-e", f"audit_dest={dest}")
+    assert res.returncode == 0 and result["path"] == str(dest)
+    html = dest.read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and trail["bad"] in html
+
+
+def wait_for_task(audit_file: Path, task: str, runs: set[str], timeout: float = 90) -> None:
+    """Until every run has started ``task`` (read from the trail itself)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        started = set()
+        if audit_file.exists():
+            for line in audit_file.read_text().splitlines():
+                rec = json.loads(line)
+                if rec.get("event") == "playbook_on_task_start" and rec.get("task") == task:
+                    started.add(rec["run"])
+        if started >= runs:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"runs {runs} did not all reach task {task!r} within {timeout} s")
+
+
+SLOW = """
+- name: Touch every node's token and wait
+  hosts: matching_nodes
+  gather_facts: false
+  tasks:
+    - name: Print a message that carries the node's admin token
+      ansible.builtin.debug:
+        msg: "calling {{ exchange_admin_url }} with {{ exchange_admin_token }} and {{ vault_api_key }}"
+
+    - name: Wait
+      ansible.builtin.wait_for:
+        timeout: 15
+      delegate_to: localhost
+"""
+
+
+def test_killed_and_concurrent_runs_keep_the_trail_valid_and_secrets_out(fleet, tmp_path):
+    audit_file = tmp_path / "audit.jsonl"
+    book = tmp_path / "slow.yml"
+    book.write_text(SLOW)
+    (tmp_path / "pass").write_text(VAULT_PASSWORD)
+    vaulted = subprocess.run([str(BIN / "ansible-vault"), "encrypt_string", "--vault-password-file",
+                              str(tmp_path / "pass"), VAULTED_VALUE, "--name", "vault_api_key"],
+                             capture_output=True, text=True, check=True, env=env_for(audit_file)).stdout
+    (tmp_path / "vaulted.yml").write_text(vaulted)
+    inv = fleet.inventory_dir
+    cmd = [str(BIN / "ansible-playbook"), "-i", inv, str(book), "--vault-password-file", str(tmp_path / "pass"),
+           "-e", f"@{tmp_path / 'vaulted.yml'}"]
+    procs = {name: subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+                                    env=env_for(audit_file, EXCHPATCH_RUN_ID=name), start_new_session=True)
+             for name in ("finishes", "killed", "interrupted")}
+    try:
+        wait_for_task(audit_file, "Wait", set(procs))
+        os.killpg(procs["killed"].pid, signal.SIGKILL)
+        os.kill(procs["interrupted"].pid, signal.SIGINT)
+        assert procs["finishes"].wait(120) == 0
+        procs["interrupted"].wait(60)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    res, result = audit(audit_file, "verify")
+    assert res.returncode == 0 and result["problems"] == [], result
+    outcomes = {r["run"]: r["outcome"] for r in audit(audit_file, "history")[1]["runs"]}
+    assert outcomes == {"finishes": "successful", "killed": "interrupted", "interrupted": "canceled"}
+    text = audit_file.read_text()
+    secrets = yaml.safe_load((Path(inv) / "group_vars" / "all" / "secrets.yml").read_text())
+    for secret in [*secrets["exchange_admin_tokens"].values(), VAULT_PASSWORD, VAULTED_VALUE]:
+        assert secret not in text
+    assert "with <redacted> and <redacted>" in text  # the message itself was kept, its secrets cut out
+
+
+def test_tampering_fails_audit_playbook_naming_the_line(trail, tmp_path):
+    copy = tmp_path / "audit.jsonl"
+    lines = trail["file"].read_text().splitlines(keepends=True)
+    edited = json.loads(lines[9])
+    edited["ts"] = "2000-01-01T00:00:00.000000Z"
+    lines[9] = json.dumps(edited, sort_keys=True, separators=(",", ":")) + "\n"
+    del lines[20]
+    copy.write_text("".join(lines))
+    res, result = audit(copy, "verify")
+    assert res.returncode != 0
+    assert result["failed"] is True and result["ok"] is False
+    where = [(p["line"], p["what"].split(":")[0]) for p in result["problems"]]
+    assert (10, "edited") in where
+    assert any(line == 21 and what in ("chain broken", "seq jumps from 20 to 22") for line, what in where)
+    assert "line 10 (seq 10): edited" in result["msg"]
+    # a missing trail is an error only for verify
+    res, result = audit(tmp_path / "none.jsonl", "verify")
+    assert res.returncode != 0 and "no audit trail at" in result["msg"]
+    res, result = audit(tmp_path / "none.jsonl", "history")
+    assert res.returncode == 0 and result["runs"] == []
