@@ -14,7 +14,11 @@ Checks:
 * ``version``: the node runs the expected version.
 * ``caught_up``: the node's applied sequence is within ``max_lag`` of its peer's: a primary
   must not be behind its standby by more than that; a standby must equal its primary's
-  sequence within ``max_lag`` either way.
+  sequence within ``max_lag`` either way. The two nodes cannot be read at one instant, and
+  under live load a primary moves on between two reads, so the caller reads the node, then
+  the peer, then the node again (``status_after``): "behind" is judged on the node's read
+  taken after the peer's, "ahead" on the one taken before it. A standby that replicates
+  synchronously then passes at any order rate; one that really lags still fails.
 * ``state_hash``: the node's state hash at sequence N equals its unpatched peer's at the same
   N, where N = min(node seq, peer seq) (``state_hash_seq``); the caller fetches both hashes.
 * ``error_rate``: the window's client error rate is at most the baseline's plus
@@ -244,7 +248,7 @@ def _seq(status: Mapping[str, Any] | None) -> int | None:
 
 
 def _caught_up(status: Mapping[str, Any] | None, peer: Mapping[str, Any] | None, bounds: Bounds,
-               errors: Mapping[str, str]) -> GateResult:
+               errors: Mapping[str, str], status_after: Mapping[str, Any] | None = None) -> GateResult:
     if status is None:
         return GateResult("caught_up", False, _no_data("status", errors))
     if peer is None:
@@ -252,15 +256,20 @@ def _caught_up(status: Mapping[str, Any] | None, peer: Mapping[str, Any] | None,
     seq, peer_seq = _seq(status), _seq(peer)
     if seq is None or peer_seq is None:
         return GateResult("caught_up", False, f"no integer seq in the {'node' if seq is None else 'peer'}'s status")
+    # "behind" on the read taken after the peer's (falls back to the only read there is)
+    later = _seq(status_after) if status_after is not None else None
+    seq_after = later if later is not None else seq
     role = status.get("ha_role") or "node"
     peer_role = peer.get("ha_role") or "peer"
     who = f"{peer_role} {_name(peer, 'peer')} seq {peer_seq}"
     lag = bounds.max_lag
-    if seq < peer_seq - lag:
-        return GateResult("caught_up", False, f"{role} seq {seq} is {peer_seq - seq} behind {who} (max_lag {lag})")
+    if seq_after < peer_seq - lag:
+        return GateResult("caught_up", False,
+                          f"{role} seq {seq_after} is {peer_seq - seq_after} behind {who} (max_lag {lag})")
     if role == "standby" and seq > peer_seq + lag:
         return GateResult("caught_up", False, f"standby seq {seq} is {seq - peer_seq} ahead of {who} (max_lag {lag})")
-    return GateResult("caught_up", True, f"{role} seq {seq} vs {who}: within max_lag {lag}")
+    shown = str(seq) if seq_after == seq else f"{seq}..{seq_after}"
+    return GateResult("caught_up", True, f"{role} seq {shown} vs {who}: within max_lag {lag}")
 
 
 def _state_hash(peer: Mapping[str, Any] | None, hashes: StateHashes | None, errors: Mapping[str, str]) -> GateResult:
@@ -360,6 +369,7 @@ def evaluate(
     expect_version: str | None = None,
     hashes: StateHashes | None = None,
     errors: Mapping[str, str] | None = None,
+    status_after: Mapping[str, Any] | None = None,
 ) -> list[GateResult]:
     """One GateResult per check, in the order asked.
 
@@ -375,7 +385,7 @@ def evaluate(
         elif check == "version":
             results.append(_version(status, expect_version, errors))
         elif check == "caught_up":
-            results.append(_caught_up(status, peer_status, bounds, errors))
+            results.append(_caught_up(status, peer_status, bounds, errors, status_after))
         elif check == "state_hash":
             results.append(_state_hash(peer_status, hashes, errors))
         elif check == "error_rate":

@@ -18,6 +18,8 @@ description:
   - C(version) - the node runs O(expect_version).
   - C(caught_up) - the node's applied sequence is within O(bounds.max_lag) of its peer's (a standby
     within O(bounds.max_lag) of its primary either way; a primary not behind its standby by more).
+    The node is read again after its peer, and "behind" is judged on that later read, so a standby
+    that replicates synchronously passes while a busy primary keeps moving between the reads.
   - C(state_hash) - the node's state hash at sequence N equals its unpatched peer's at the same N,
     with N = min(node seq, peer seq). A side that is exactly at N answers from its status; the side
     ahead is asked for C(GET /v1/state/hash?seq=N), which replays its own journal with its own
@@ -376,11 +378,14 @@ class Gate:
                                       "the node does not implement the admin API contract")
             self.module.fail_json(msg=f"{self.node.base} is a {got} node, not {self.component}; fix url or "
                                   "component (exchange_admin_url, exchange_component in the inventory)")
-        peer_status = None
+        peer_status = status_after = None
         if self.peer is not None and any(c in _gates.PEER_CHECKS for c in self.checks):
             peer_status, err = self.peer.get_json("/v1/status", self.timeout)
             if err:
                 errors["peer_status"] = err
+            elif status is not None and "caught_up" in self.checks:
+                # the node again, after its peer: see _gates "caught_up" on reads under live load
+                status_after = self.node.get_json("/v1/status", self.timeout)[0]
         hashes = None
         if "state_hash" in self.checks and self.peer is not None and status is not None and peer_status is not None:
             seq = _gates.state_hash_seq(status, peer_status)
@@ -403,7 +408,8 @@ class Gate:
             if err:
                 errors["reconcile"] = err
         return _gates.evaluate(self.checks, status, peer_status, reconcile, self.window, self.baseline, self.bounds,
-                               expect_version=self.module.params["expect_version"], hashes=hashes, errors=errors)
+                               expect_version=self.module.params["expect_version"], hashes=hashes, errors=errors,
+                               status_after=status_after)
 
     def snapshot(self) -> tuple[_metrics.MetricsSnapshot | None, str | None]:
         text, err = self.node.get("/metrics", self.timeout)

@@ -122,6 +122,20 @@ def test_caught_up(mine: dict, theirs: dict, passed: bool, evidence: str) -> Non
     assert (r.passed, r.evidence) == (passed, evidence)
 
 
+def test_caught_up_judges_behind_on_the_read_after_the_peers() -> None:
+    # under load the primary moved on between the standby's first read and its own
+    r = one("caught_up", status=node(seq=20004), peer_status=peer(seq=20047), status_after=node(seq=20051))
+    assert (r.passed, r.evidence) == (True, "standby seq 20004..20051 vs primary me-a seq 20047: within max_lag 5")
+    # a standby that really lags is still behind on the later read
+    r = one("caught_up", status=node(seq=20004), peer_status=peer(seq=20047), status_after=node(seq=20010))
+    assert (r.passed, r.evidence) == (False, "standby seq 20010 is 37 behind primary me-a seq 20047 (max_lag 5)")
+    # "ahead" is judged on the read before the peer's: a later read cannot excuse it
+    r = one("caught_up", status=node(seq=130), peer_status=peer(seq=121), status_after=node(seq=131))
+    assert not r.passed and "9 ahead" in r.evidence
+    # an unreadable later read falls back to the first
+    assert not one("caught_up", status=node(seq=80), peer_status=peer(seq=121), status_after=None).passed
+
+
 def test_caught_up_without_data_fails() -> None:
     assert one("caught_up", bounds=Bounds(max_lag=0), status=node(seq=120), peer_status=peer(seq=121)).passed is False
     r = one("caught_up", peer_status=None, errors={"peer_status": "GET http://x/v1/status answered 500: boom"})
