@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -104,7 +105,14 @@ def cmd_testbed_load(args: argparse.Namespace) -> tuple[int, Any, str]:
             print(f"  {p['elapsed_s']:5.1f}s  sent {p['sent']:6d}  acked {p['acked']:6d}  errors {p['errors']}",
                   file=sys.stderr, flush=True)
 
-    report = run_load(target, args.rate, args.duration, progress=progress).as_json()
+    # SIGTERM or Ctrl-C ends the sending early; the audit of what was sent still runs and is reported
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    report = run_load(target, args.rate, args.duration, progress=progress, stop=stop).as_json()
     ok = (report["lost"] == 0 and report["duplicated"] == 0 and report["double_withdrawals"] == 0
           and report["ledger_balanced"])
     lines = [
@@ -216,7 +224,20 @@ def cmd_plan(args: argparse.Namespace) -> tuple[int, Any, str]:
     _failed(result)
     if result.exit_code:
         raise CliError(result.message or "plan failed", result.exit_code)
+    if args.output:
+        Path(args.output).write_text(json.dumps(result.plan, indent=2) + "\n")
     return EXIT_OK, result.plan, _plan_text(result.plan)
+
+
+def _write_report(result: Any) -> None:
+    """Every deploy and rollback leaves its HTML report beside the audit trail (path in the result)."""
+    from exchpatch import api
+
+    try:
+        rep = api.audit("report", run=result.job["id"]).wait()
+    except api.JobError:
+        rep = None
+    result.report = (rep.data.get("path") if rep is not None and rep.exit_code == 0 else None)
 
 
 def cmd_deploy(args: argparse.Namespace) -> tuple[int, Any, str]:
@@ -238,10 +259,11 @@ def cmd_deploy(args: argparse.Namespace) -> tuple[int, Any, str]:
         "canceled": f"{args.patch_id}: canceled",
         "failed": f"{args.patch_id}: FAILED",
     }[result.outcome]
+    _write_report(result)
     lines = [headline, *summary_lines(result)]
     if result.message:
         lines.append(f"  {result.message}")
-    lines.append(f"  run {result.job['id']}, artifacts {result.job['artifacts']}")
+    lines.append(f"  run {result.job['id']}, report {result.report or '(not written)'}")
     return result.exit_code, result.as_json(), "\n".join(lines)
 
 
@@ -255,9 +277,11 @@ def cmd_rollback(args: argparse.Namespace) -> tuple[int, Any, str]:
     _failed(result)
     head = (f"{args.component}: rolled back" + (f" to {result.to_version}" if result.to_version else "")
             if result.outcome == "successful" else f"{args.component}: rollback {result.outcome}")
+    _write_report(result)
     lines = [head, *summary_lines(result)]
     if result.message:
         lines.append(f"  {result.message}")
+    lines.append(f"  run {result.job['id']}, report {result.report or '(not written)'}")
     return result.exit_code, result.as_json(), "\n".join(lines)
 
 
@@ -310,16 +334,45 @@ def cmd_history(args: argparse.Namespace) -> tuple[int, Any, str]:
     return result.exit_code, result.as_json(), text
 
 
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    s = int(seconds)
+    return f"{s // 86400}d {s % 86400 // 3600}h" if s >= 86400 else f"{s // 3600}h {s % 3600 // 60}m" \
+        if s >= 3600 else f"{s // 60}m {s % 60}s" if s >= 60 else f"{seconds:.1f}s"
+
+
+def _metrics_text(m: dict[str, Any]) -> str:
+    if not m.get("runs"):
+        return "no runs recorded yet"
+    cfr = m.get("change_failure_rate")
+    mttr = m.get("mttr") or {}
+    out = [
+        f"deployments {m.get('deployments', 0)}, failed {m.get('failed_deployments', 0)}, "
+        f"rollbacks {m.get('rollbacks', 0)}, runs {m.get('runs', 0)}",
+        "change failure rate: " + ("-" if cfr is None else f"{cfr:.0%}"),
+        f"MTTR (mean over {mttr.get('fixed', 0)} fixed CVEs): {_duration(mttr.get('mean_s'))}",
+        f"mean time to restore: {_duration(m.get('mean_time_to_restore_s'))}",
+    ]
+    rows = [{"cve": c.get("cve"), "status": c.get("status"), "first seen": (c.get("first_seen") or "")[:10],
+             "fixed by": c.get("patch_id"), "time to remediate": _duration(c.get("mttr_s") or c.get("age_s"))
+             + ("" if c.get("mttr_s") is not None else " (open)")} for c in mttr.get("per_cve", [])]
+    if rows:
+        out += ["", _table(rows, ["cve", "status", "first seen", "fixed by", "time to remediate"])]
+    rows = [{"run": r.get("run"), "patch": r.get("patch_id"), "outcome": r.get("outcome"),
+             "time to restore": _duration(r.get("time_to_restore_s")) if r.get("time_to_restore_s") is not None
+             else "not restored"} for r in m.get("time_to_restore", [])]
+    if rows:
+        out += ["", _table(rows, ["run", "patch", "outcome", "time to restore"])]
+    return "\n".join(out)
+
+
 def cmd_metrics(args: argparse.Namespace) -> tuple[int, Any, str]:
     result = _audit(args, "metrics", prometheus=bool(args.prometheus), dest=args.prometheus or None)
-    m = result.data.get("metrics", {})
-    lines = [f"{k}: {v}" for k, v in m.items() if not isinstance(v, dict | list)]
-    for k, v in m.items():
-        if isinstance(v, dict | list):
-            lines.append(f"{k}: {json.dumps(v, sort_keys=True)}")
-    if args.prometheus:
-        lines.append(f"Prometheus text written to {args.prometheus}")
-    return result.exit_code, result.as_json(), "\n".join(lines) or "no runs recorded yet"
+    text = _metrics_text(result.data.get("metrics", {}))
+    if args.prometheus and result.exit_code == 0:
+        text += f"\n\nPrometheus text written to {args.prometheus}"
+    return result.exit_code, result.as_json(), text
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> tuple[int, Any, str]:
@@ -376,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", help="patch id (default: <component>-<version>)")
     p.set_defaults(func=cmd_testbed_release)
 
-    p = tbs.add_parser("load", parents=[common], help="send orders and withdrawals, then prove nothing was lost")
+    p = tbs.add_parser("load", parents=[common],
+                       help="send orders and withdrawals, then prove nothing was lost (SIGTERM/Ctrl-C ends early)")
     p.add_argument("--rate", type=float, required=True, help="requests per second")
     p.add_argument("--duration", type=float, required=True, help="seconds")
     p.set_defaults(func=cmd_testbed_load)
@@ -393,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inventory", metavar="INV", help="inventory for live facts (default: the testbed's)")
     p.add_argument("--facts", metavar="FILE", help='offline fleet facts: {"nodes": [{"name", "component", ...}]}')
     p.add_argument("--now", metavar="ISO8601", help="plan as of this time (default: now)")
+    p.add_argument("--output", metavar="FILE", help="also write the plan's JSON document to FILE")
     p.set_defaults(func=cmd_plan)
 
     secrets = argparse.ArgumentParser(add_help=False)
@@ -435,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prometheus", metavar="FILE", help="also write the Prometheus text format to FILE")
     p.set_defaults(func=cmd_metrics)
     p = sub.add_parser("report", parents=[common, trail], help="write a run's self-contained HTML report")
-    p.add_argument("run", metavar="RUN", help="run id (see history)")
+    p.add_argument("run", metavar="RUN", nargs="?", help="run id or unique prefix (default: the last run)")
     p.add_argument("--load", metavar="FILE", help="load generator JSON report to include")
     p.add_argument("--output", metavar="FILE", help="where to write the HTML (default: next to the audit trail)")
     p.set_defaults(func=cmd_report)
@@ -473,10 +528,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"error": str(e)}))
         print(f"exchpatch: error: {e}", file=sys.stderr)
         return code
-    if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=False))
-    else:
-        print(text)
+    try:
+        print(json.dumps(doc, indent=2, sort_keys=False) if args.json else text, flush=True)
+    except BrokenPipeError:  # e.g. `exchpatch ... | head -1`: the reader left, the exit code still counts
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return code
 
 

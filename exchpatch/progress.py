@@ -33,6 +33,8 @@ class Progress:
             return
         if e.event not in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable") or not e.task:
             return
+        if e.task.startswith("Validating arguments against arg spec") or "include" in e.res:
+            return  # role argument validation and include_tasks/include_role markers: not a step
         gates = e.res.get("gates") if isinstance(e.res.get("gates"), list) else []
         if e.event == "runner_on_ok" and not e.changed and not gates and not _NOTABLE.search(e.task):
             return
