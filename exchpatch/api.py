@@ -178,6 +178,7 @@ class Result:
     job: dict[str, Any]
     exit_code: int
     message: str | None
+    report: str | None = field(default=None, kw_only=True)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -322,8 +323,8 @@ def deploy(patch_id: str, *, inventory: str | Path | None = None, check: bool = 
             outcome = "halted" if "Halted" in evidence.msg else "rolled_back"
         elif job.cancel_requested:
             outcome = "canceled"
-        elif any(e.play == PREFLIGHT_PLAY for e in _failures(job)):
-            outcome = "refused"
+        elif change.get("stage") == "preflight" or any(e.play == PREFLIGHT_PLAY for e in _failures(job)):
+            outcome = "refused"  # nothing could have changed
         else:
             outcome = "failed"
         if job.cancel_requested and outcome == "rolled_back":

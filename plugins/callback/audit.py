@@ -225,7 +225,8 @@ class CallbackModule(CallbackBase):
         if _as_bool(self.change.get("rolled_back")):
             return "rolled_back"
         if any(s.get("failures") or s.get("unreachable") for s in stats.values()):
-            return "failed"
+            # a playbook that marks its stages failed before any node could change: a refusal
+            return "refused" if self.change.get("stage") == "preflight" else "failed"
         return "successful"
 
     def v2_playbook_on_stats(self, stats):

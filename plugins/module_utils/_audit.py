@@ -33,7 +33,7 @@ from typing import Any
 VERSION = 1
 GENESIS = "0" * 64
 KINDS = ("change_opened", "event", "change_updated", "change_closed")
-OUTCOMES = ("successful", "failed", "rolled_back", "halted", "canceled", "check")
+OUTCOMES = ("successful", "failed", "rolled_back", "halted", "canceled", "check", "refused")
 FAILED_OUTCOMES = ("rolled_back", "failed", "halted")
 INTERRUPTED = "interrupted"
 DEPLOY_PLAYBOOK = "rolling_patch.yml"
@@ -528,7 +528,8 @@ def history(runs: Iterable[Run]) -> list[dict[str, Any]]:
 # --- metrics --------------------------------------------------------------------------------
 
 def _is_deployment(run: Run) -> bool:
-    return run.playbook == DEPLOY_PLAYBOOK and not run.check_mode
+    # a refused run (preflight failed: bad patch id, lock held, freeze window) changed nothing
+    return run.playbook == DEPLOY_PLAYBOOK and not run.check_mode and run.outcome != "refused"
 
 
 def _is_rollback(run: Run) -> bool:

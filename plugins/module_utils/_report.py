@@ -95,6 +95,7 @@ OUTCOME_COLOURS = {
     "halted": "#9d0208",
     "canceled": "#6c757d",
     "check": "#1982c4",
+    "refused": "#b5838d",
     "interrupted": "#6c757d",
 }
 RESULT_EVENTS = ("runner_on_ok", "runner_on_failed", "runner_on_unreachable")

@@ -172,7 +172,9 @@ runs:
       description: Whether it ran in check mode.
       type: bool
     outcome:
-      description: successful, failed, rolled_back, halted, canceled, check or interrupted.
+      description:
+        - successful, failed, rolled_back, halted, canceled, check, refused (failed in preflight, nothing
+          changed) or interrupted.
       type: str
     started:
       description: ISO timestamp of the change_opened record.

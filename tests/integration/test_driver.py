@@ -143,6 +143,52 @@ def test_deploy_check_then_good_then_faulty_json_and_exit_codes(fleet, state):
     assert rc == 0 and doc["locks"] == [] and doc["drift"] is False, doc
 
 
+def test_history_metrics_report_and_audit_verify_from_the_trail(fleet, state):
+    """Runs after the deploys above: one check, one good, one rolled back (the module shares the trail)."""
+    rc, doc = cli("history")
+    assert rc == 0, doc
+    runs = [r for r in doc["data"]["runs"] if r["playbook"] == "rolling_patch.yml"]
+    # the unknown patch id of the bad-input test was refused in preflight: not a deployment
+    assert [r["outcome"] for r in runs if r["patch_id"] == "no-such-patch-9.9"] == ["refused"], runs
+    deploys = [r for r in runs if r["outcome"] != "refused"]
+    assert [r["outcome"] for r in deploys] == ["check", "successful", "rolled_back"], deploys
+    assert {r["operator"] for r in deploys} == {"alice"}
+    rc, doc = cli("metrics")
+    assert rc == 0, doc
+    m = doc["data"]["metrics"]
+    assert (m["deployments"], m["failed_deployments"], m["change_failure_rate"]) == (2, 1, 0.5), m
+    fixed = {c["cve"]: c for c in m["mttr"]["per_cve"]}
+    assert fixed["CVE-2026-31337"]["status"] == "fixed" and fixed["CVE-2026-31337"]["mttr_s"] > 0, fixed
+    assert m["time_to_restore"] and m["time_to_restore"][0]["time_to_restore_s"] is not None, m
+    prom = state / "exchpatch.prom"
+    rc, doc = cli("metrics", "--prometheus", str(prom))
+    assert rc == 0 and "exchpatch_change_failure_rate 0.5" in prom.read_text(), doc
+
+    rolled_back = deploys[-1]["run"]
+    rc, doc = cli("report", rolled_back)
+    assert rc == 0, doc
+    html = Path(doc["data"]["path"]).read_text()
+    assert "<svg" in html and "rolled back" in html.lower() and "http://" not in html.split("<body", 1)[1]
+
+    rc, doc = cli("audit", "verify")
+    assert rc == 0 and doc["data"]["ok"] is True, doc
+    trail = state / "audit.jsonl"
+    original = trail.read_bytes()
+    lines = original.decode().splitlines(keepends=True)
+    try:
+        lines[3] = lines[3].replace('"alice"', '"mallory"') if '"alice"' in lines[3] else lines[3].replace(":", ": ", 1)
+        trail.write_text("".join(lines))
+        rc, doc = cli("audit", "verify")
+        assert rc == 1 and doc["data"]["ok"] is False, doc
+        assert any(p.get("line") == 4 for p in doc["data"]["problems"]), doc["data"]["problems"]
+        del lines[3]
+        trail.write_text("".join(lines))
+        rc, doc = cli("audit", "verify")
+        assert rc == 1 and doc["data"]["problems"], doc
+    finally:
+        trail.write_bytes(original)
+
+
 def test_cancel_mid_rollout_rolls_back_and_releases_the_lock(fleet, state):
     from exchpatch import api
 

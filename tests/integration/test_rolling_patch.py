@@ -104,8 +104,8 @@ def test_good_patch_rolls_out_under_load_and_loses_nothing(fleet):
             assert "changed=0" in line, line
 
 
+# "crash" is driven through exchpatch in test_driver.py (caught at the canary by "ready", rolled back)
 @pytest.mark.parametrize(("fault", "version", "gate"), [
-    ("crash", "1.4.4", "ready"),
     ("never-ready", "1.4.5", "ready"),
     ("slow-start", "1.4.6", "ready"),
     ("latency", "1.4.7", "p99"),
@@ -141,12 +141,12 @@ def test_ledger_mismatch_wallet_release_is_caught_and_rolled_back(fleet):
 
 
 def test_rollback_playbook_puts_the_component_back(fleet):
-    before = versions(fleet, "matching-engine")
-    pid = build(fleet, "matching-engine", "1.4.9")
-    assert playbook(fleet, "rolling_patch.yml", "-e", f"patch_id={pid}", "-e", "rolling_canary_bake=1").returncode == 0
+    # the fleet runs 1.4.3 (the good patch above); the faulty releases are still on the canaries'
+    # disks, so "previous" must mean the newest release every node keeps below the running one
+    assert set(versions(fleet, "matching-engine").values()) == {"1.4.3"}
     res, report = under_load(fleet, lambda: playbook(fleet, "rollback.yml", "-e", "component=matching-engine"))
     assert res.returncode == 0, res.stdout[-3000:]
-    assert versions(fleet, "matching-engine") == before
+    assert set(versions(fleet, "matching-engine").values()) == {"1.4.2"}
     assert_nothing_lost(report)
 
 

@@ -300,6 +300,10 @@ def hand_trail(path: Path) -> None:
         closed("D4", t("22", "08:00"), t("22", "08:15"), "failed"),
         rec("R1", "change_updated", t("22", "08:21"), change={"version": "1.4.3"}),
         closed("R1", t("22", "08:20"), t("22", "08:40"), "successful"),
+        opened("X", t("22", "09:00"), "rolling_patch.yml", patch_id="me-9.9.9"),
+        rec("X", "change_updated", t("22", "09:00"), change={"stage": "preflight"}),
+        event("X", t("22", "09:01"), "runner_on_failed", ignored=False),
+        closed("X", t("22", "09:00"), t("22", "09:02"), "refused"),
         opened("I", t("23", "07:00"), "rolling_patch.yml", patch_id="me-1.5.1"),
         event("I", t("23", "07:01"), "runner_on_ok"),
     ]
@@ -310,7 +314,8 @@ def test_history_rows_merge_the_change_and_mark_interrupted_runs(tmp_path):
     path = tmp_path / "a.jsonl"
     hand_trail(path)
     rows = {r["run"]: r for r in history(group_runs(read_records(str(path))))}
-    assert list(rows) == ["P", "D1", "D2", "C", "D4", "R1", "I"]
+    assert list(rows) == ["P", "D1", "D2", "C", "D4", "R1", "X", "I"]
+    assert rows["X"]["outcome"] == "refused"
     d2 = rows["D2"]
     assert (d2["patch_id"], d2["component"], d2["version"], d2["outcome"]) == (
         "me-1.4.4", "matching-engine", "1.4.4", "rolled_back")
@@ -326,7 +331,7 @@ def test_metrics_on_a_hand_built_trail(tmp_path):
     path = tmp_path / "a.jsonl"
     hand_trail(path)
     m = metrics(group_runs(read_records(str(path))), now=NOW)
-    assert m["deployments"] == 4  # D1, D2, D4, I; not the check run
+    assert m["deployments"] == 4  # D1, D2, D4, I; not the check run, not the refused X
     assert m["failed_deployments"] == 2  # D2 rolled_back, D4 failed
     assert m["change_failure_rate"] == 0.5
     assert m["rollbacks"] == 2  # R1 + D2
