@@ -22,7 +22,7 @@ def rollback(request):
     inventory = shlex.quote(request.config.option.ansible_inventory)
     res = testinfra.get_host("local://").run(
         f"ANSIBLE_NOCOLOR=1 ansible-playbook -i {inventory} -e component=matching-engine "
-        f"-e rolling_baseline_sample=1 {shlex.quote(str(PLAYBOOKS / 'rollback.yml'))}")
+        f"-e rolling_baseline_sample=1 -e matching_node_traffic_bake=1 {shlex.quote(str(PLAYBOOKS / 'rollback.yml'))}")
     return res.rc, " ".join((res.stdout + res.stderr).split())
 
 

@@ -46,9 +46,15 @@ def test_ledger_reconciled_and_nothing_processed_twice(host):
 def test_data_is_intact_and_every_seeded_withdrawal_is_kept(host, seed):
     assert_data_intact(host, seed)
     hv = node_vars(host)
-    urls = [f"{hv['exchange_admin_url']}/chains/{chain}/withdrawals" for chain in hv["exchange_chains"]]
-    kept = sum(len(json.loads(host.check_output(f"curl -fsS --max-time 5 {url}"))["withdrawals"]) for url in urls)
-    assert kept >= seed["load"]["withdrawals"]["acked"]
+    kept = {}
+    for chain in hv["exchange_chains"]:
+        url = f"{hv['exchange_admin_url']}/chains/{chain}/withdrawals"
+        listed = json.loads(host.check_output(f"curl -fsS --max-time 5 {url}"))["withdrawals"]
+        kept.update({w["client_withdrawal_id"]: w for w in listed})
+    # create queued molecule-seed-<chain> on every chain before converge paused withdrawals
+    for chain in hv["exchange_chains"]:
+        assert kept[f"molecule-seed-{chain}"]["status"] == "processed", kept[f"molecule-seed-{chain}"]
+    assert len(kept) >= seed["load"]["withdrawals"]["acked"] + len(hv["exchange_chains"])
 
 
 def test_haproxy_serves_the_node_again(host, fleet_host):
