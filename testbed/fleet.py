@@ -22,6 +22,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -649,6 +650,16 @@ def _node_pid(node: NodeSpec) -> int | None:
     except ValueError:
         return None
     return pid or None
+
+
+@contextlib.contextmanager
+def running(root: str | Path, shards: int = 2, wallets: int = 2, net: int | None = None) -> Iterator[Fleet]:
+    """A fleet for the length of a ``with`` block (tests, benches): stopped by its own root, folder removed."""
+    try:
+        yield up(root, shards=shards, wallets=wallets, net=net)
+    finally:
+        down(root)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def down(root: str | Path | None = None, timeout: float = 20.0) -> dict[str, Any]:

@@ -58,13 +58,9 @@ def audit(audit_file: Path, action: str, *extra: str) -> tuple[subprocess.Comple
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fleet")
-    f = tb.up(root, shards=2, wallets=2, net=NET)
-    try:
+    # one shard: a primary/standby pair is all a trail needs
+    with tb.running(tmp_path_factory.mktemp("fleet"), shards=1, wallets=1, net=NET) as f:
         yield f
-    finally:
-        tb.down(root)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,13 +30,8 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rollout")
-    f = tb.up(root, shards=2, wallets=2, net=150 + (os.getpid() + 20) % 90)
-    try:
+    with tb.running(tmp_path_factory.mktemp("rollout"), shards=2, wallets=2, net=150 + (os.getpid() + 20) % 90) as f:
         yield f
-    finally:
-        tb.down(root)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def build(f: tb.Fleet, component: str, version: str, fault: str | None = None, **kw) -> str:
