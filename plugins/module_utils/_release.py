@@ -367,14 +367,23 @@ def prune_plan(releases: list[str], current: str | None, previous: str | None, k
                protect: tuple[str, ...] | list[str] = ()) -> list[str]:
     """Releases to delete, oldest first.
 
-    ``current``, ``previous`` and anything in ``protect`` are never pruned; of the rest the
-    ``keep`` newest stay.
+    ``current``, ``previous`` and anything in ``protect`` are never pruned. Of the rest,
+    ``keep`` stay, chosen along the rollback chain first: releases older than both current
+    and previous (newest first), then the others (newest first). The others are releases
+    a node ran and was rolled back from (a failed canary keeps each one it tried); were they
+    kept by plain version order, a few failed canaries would push out the release the fleet
+    rolls back to after the next good one.
     """
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 0:
         raise ReleaseError(f"keep: {keep!r} is not a count of releases; use 0 or more")
     spared = {current, previous, *protect}
-    candidates = sorted((r for r in set(releases) if r not in spared), key=version_key)
-    return candidates[:len(candidates) - keep] if keep else candidates
+    candidates = [r for r in set(releases) if r not in spared]
+    anchors = [version_key(v) for v in (current, previous) if v is not None]
+    base = min(anchors) if anchors else None
+    chain = sorted((r for r in candidates if base is None or version_key(r) < base), key=version_key, reverse=True)
+    others = sorted((r for r in candidates if r not in chain), key=version_key, reverse=True)
+    kept = set((chain + others)[:keep])
+    return sorted((r for r in candidates if r not in kept), key=version_key)
 
 
 def unpack_release(artifact: str, root: str, version: str, component: str | None = None) -> str:

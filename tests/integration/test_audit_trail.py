@@ -131,7 +131,7 @@ def test_metrics_cfr_mttr_and_time_to_restore(trail):
 def test_no_admin_token_reaches_the_audit_file(trail):
     secrets = yaml.safe_load((Path(trail["fleet"].inventory_dir) / "group_vars" / "all" / "secrets.yml").read_text())
     tokens = list(secrets["exchange_admin_tokens"].values())
-    assert len(tokens) == 6
+    assert len(tokens) == len(trail["fleet"].nodes)
     text = trail["file"].read_text()
     assert "<redacted>" in text
     for token in tokens:
