@@ -491,6 +491,5 @@ def audit(action: str, *, audit_file: str | None = None, run: str | None = None,
         msg = None if ok else (_first_failure_msg(job) or f"audit playbook ended {job.status}; see {job.artifact_dir}")
         return AuditResult(job=job.as_json(), exit_code=_exit_code(job, ok), message=msg, action=action, data=data)
 
-    return start("audit", "audit.yml", extravars, finish, inventory=str(Path(__file__).resolve().parent
-                                                                         / "empty_inventory.yml"),
-                 event_handler=event_handler)
+    empty = Path(__file__).resolve().parent / "empty_inventory.yml"  # the trail is read on the controller
+    return start("audit", "audit.yml", extravars, finish, inventory=str(empty), event_handler=event_handler)
