@@ -110,9 +110,12 @@ def cmd_testbed_load(args: argparse.Namespace) -> tuple[int, Any, str]:
     import threading
 
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    report = run_load(target, args.rate, args.duration, progress=progress, stop=stop).as_json()
+    before = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        report = run_load(target, args.rate, args.duration, progress=progress, stop=stop).as_json()
+    finally:  # main() may run in-process (tests, a bot): give the caller its handlers back
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
     ok = (report["lost"] == 0 and report["duplicated"] == 0 and report["double_withdrawals"] == 0
           and report["ledger_balanced"])
     lines = [
