@@ -43,7 +43,8 @@ def _fleet(args: argparse.Namespace) -> Any:
 def cmd_testbed_up(args: argparse.Namespace) -> tuple[int, Any, str]:
     from testbed import fleet
 
-    f = fleet.up(args.root, shards=args.shards, wallets=args.wallets)
+    f = fleet.up(args.root, shards=args.shards, wallets=args.wallets,
+                 freeze_windows=_existing(args.freeze_windows, "--freeze-windows") if args.freeze_windows else None)
     st = fleet.status(f)
     text = (f"testbed up: {f.shards} shards, {f.wallets} wallets, HAProxy at {f.frontend_url}\n"
             f"inventory: {f.inventory_dir}\n\n" + _status_text(st))
@@ -414,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = tbs.add_parser("up", parents=[common], help="start the fleet and HAProxy, write the inventory")
     p.add_argument("--shards", type=int, default=2, help="matching shards, 2 nodes each (default 2)")
     p.add_argument("--wallets", type=int, default=2, help="wallet-signer nodes (default 2)")
+    p.add_argument("--freeze-windows", metavar="FILE",
+                   help="market calendar for the inventory (default: testbed/freeze-windows.yml)")
     p.set_defaults(func=cmd_testbed_up)
     p = tbs.add_parser("down", parents=[common], help="stop every testbed process")
     p.set_defaults(func=cmd_testbed_down)

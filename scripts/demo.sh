@@ -20,7 +20,13 @@ export EXCHPATCH_OPERATOR=${EXCHPATCH_OPERATOR:-demo-operator}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "1. Start the local testbed (2 shards x primary/standby, 2 wallet signers, HAProxy)"
-$X testbed up
+# The demo must run at any hour: its fleet gets an empty market calendar instead of
+# testbed/freeze-windows.yml, whose funding windows (00:00, 08:00, 16:00 UTC) would refuse
+# the rollouts for twenty minutes three times a day (docs/rollout.md, preflight).
+tbdir="${EXCHPATCH_TESTBED_DIR:-.testbed}"
+mkdir -p "$tbdir"
+printf -- '---\nwindows: []\n' > "$tbdir/no-freeze-windows.yml"
+$X testbed up --freeze-windows "$tbdir/no-freeze-windows.yml"
 
 step "2. Build the signed releases of the sample catalog (and one that crashes on start)"
 $X testbed release --component matching-engine --version 1.4.3 --fixes CVE-2026-31337 | head -1
@@ -28,7 +34,7 @@ $X testbed release --component matching-engine --version 1.5.0 --fixes CVE-2026-
   --migration forward_compatible | head -1
 $X testbed release --component wallet-signer --version 2.3.1 --fixes CVE-2026-40211 | head -1
 $X testbed release --component matching-engine --version 1.4.4 --fault crash | head -1
-catalog="${EXCHPATCH_TESTBED_DIR:-.testbed}/catalog"
+catalog="$tbdir/catalog"
 
 step "3. Client load for the rest of the story: orders with client IDs (retried with the same ID) and withdrawals"
 $X testbed load --rate 100 --duration 600 --json > "$work/load.json" &

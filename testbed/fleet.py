@@ -473,7 +473,7 @@ def _haproxy_cfg(fleet: Fleet) -> str:
     return "\n".join(lines)
 
 
-def write_inventory(fleet: Fleet, pubkey_pem: str) -> None:
+def write_inventory(fleet: Fleet, pubkey_pem: str, freeze_windows: str | Path | None = None) -> None:
     """Write an inventory ``ansible-playbook`` can use as it is; tokens go to a 0600 file."""
     inv = Path(fleet.inventory_dir)
     (inv / "group_vars" / "all").mkdir(parents=True, exist_ok=True)
@@ -513,6 +513,8 @@ def write_inventory(fleet: Fleet, pubkey_pem: str) -> None:
         "exchange_release_pubkey": pubkey_pem,
         "exchange_frontend_url": fleet.frontend_url,
     }
+    if freeze_windows is not None:  # else the preflight role's default: testbed/freeze-windows.yml
+        testbed_vars["preflight_schedule"] = str(Path(freeze_windows).resolve())
     (inv / "group_vars" / "all" / "testbed.yml").write_text(header + yaml.safe_dump(testbed_vars, sort_keys=False))
     tokens = {n.name: n.token() for n in fleet.nodes}
     secret_vars = {
@@ -539,8 +541,13 @@ def _is_running(fleet: Fleet) -> bool:
 
 
 def up(root: str | Path | None = None, shards: int = 2, wallets: int = 2, net: int | None = None,
-       inventory_dir: str | Path | None = None, timeout: float = 60.0) -> Fleet:
-    """Create (or reuse) the testbed folder, start every node and HAProxy, wait until ready."""
+       inventory_dir: str | Path | None = None, timeout: float = 60.0,
+       freeze_windows: str | Path | None = None) -> Fleet:
+    """Create (or reuse) the testbed folder, start every node and HAProxy, wait until ready.
+
+    ``freeze_windows`` puts another market calendar in the inventory (``preflight_schedule``):
+    tests and benches use an empty one, so they do not depend on the time of day.
+    """
     root = testbed_root(root)
     if (root / "testbed.json").exists():
         existing = load(root)
@@ -621,7 +628,7 @@ def up(root: str | Path | None = None, shards: int = 2, wallets: int = 2, net: i
         res = subprocess.run([haproxy, "-f", str(cfg)], capture_output=True, text=True, check=False, timeout=30)
         if res.returncode != 0:
             raise TestbedError(f"haproxy did not start: {res.stderr.strip()}")
-        write_inventory(fleet, pub.read_text())
+        write_inventory(fleet, pub.read_text(), freeze_windows)
         wait_ready(fleet, timeout)
     except BaseException:
         down(root)
@@ -654,9 +661,16 @@ def _node_pid(node: NodeSpec) -> int | None:
 
 @contextlib.contextmanager
 def running(root: str | Path, shards: int = 2, wallets: int = 2, net: int | None = None) -> Iterator[Fleet]:
-    """A fleet for the length of a ``with`` block (tests, benches): stopped by its own root, folder removed."""
+    """A fleet for the length of a ``with`` block (tests, benches): stopped by its own root, folder removed.
+
+    Its market calendar is empty (no freeze window), so a test's rollout never depends on the time of day;
+    a test of the calendar passes its own schedule.
+    """
+    calendar = Path(root) / "no-freeze-windows.yml"
     try:
-        yield up(root, shards=shards, wallets=wallets, net=net)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        calendar.write_text("---\nwindows: []\n")
+        yield up(root, shards=shards, wallets=wallets, net=net, freeze_windows=calendar)
     finally:
         down(root)
         shutil.rmtree(root, ignore_errors=True)
