@@ -184,7 +184,9 @@ def bench(args: argparse.Namespace, interrupt: Interrupt) -> tuple[list[Run], di
     try:
         say(f"starting the default fleet on 127.{args.net}.0.0/16 in {root}")
         t0 = time.monotonic()
-        f = tb.up(root, shards=2, wallets=2, net=args.net, timeout=120)
+        # an empty market calendar (--ours-vars preflight_schedule overrides it): the bench measures the
+        # rollout, and the testbed's funding windows would refuse it at some times of day, as they should
+        f = tb.up(root, shards=2, wallets=2, net=args.net, timeout=120, freeze_windows=tb.empty_calendar(root))
         fleet_info = {"shards": f.shards, "wallets": f.wallets, "nodes": len(f.nodes),
                       "up_s": round(time.monotonic() - t0, 1), "rate": args.rate, "ours_vars": args.ours_vars}
         base = tb.BASELINE[COMPONENT]
@@ -193,11 +195,7 @@ def bench(args: argparse.Namespace, interrupt: Interrupt) -> tuple[list[Run], di
         ours = Run(OURS, f"{base} -> {rels[0].version}")
         naive = Run(NAIVE, f"{rels[0].version} -> {rels[1].version}")
 
-        # an empty market calendar unless asked otherwise: the bench measures the rollout, and the
-        # testbed's funding windows would refuse it at some times of day (as they should)
-        calendar = root / "no-freeze-windows.yml"
-        calendar.write_text("---\nwindows: []\n")
-        ours_vars: dict[str, Any] = {"preflight_schedule": str(calendar), **args.ours_vars, "patch_id": rels[0].id}
+        ours_vars: dict[str, Any] = {**args.ours_vars, "patch_id": rels[0].id}
         say(f"{OURS}: playbooks/rolling_patch.yml -e patch_id={rels[0].id} under {args.rate:g} orders/s")
         ours.report = under_load(f, args.rate, lambda: run_playbook(
             root, "ours", REPO / "playbooks" / "rolling_patch.yml", f.inventory_dir, ours_vars, interrupt, ours))

@@ -212,11 +212,10 @@ def _start(factory: Callable[..., Any], args: argparse.Namespace, *pos: Any, **k
     return _wait(job, args)
 
 
-def _failed(result: Any) -> tuple[int, Any, str] | None:
+def _failed(result: Any) -> None:
     """A run that ended in bad input exits through CliError (code 2 and the message)."""
     if result.exit_code == EXIT_BAD_INPUT:
         raise CliError(result.message or "bad input", EXIT_BAD_INPUT)
-    return None
 
 
 def cmd_plan(args: argparse.Namespace) -> tuple[int, Any, str]:
@@ -244,9 +243,20 @@ def _write_report(result: Any) -> None:
     result.report = (rep.data.get("path") if rep is not None and rep.exit_code == 0 else None)
 
 
+def _closing(result: Any, headline: str) -> tuple[int, Any, str]:
+    """Deploy and rollback end alike: report written, headline, nodes touched, failure, run and report."""
+    from exchpatch.progress import summary_lines
+
+    _write_report(result)
+    lines = [headline, *summary_lines(result)]
+    if result.message:
+        lines.append(f"  {result.message}")
+    lines.append(f"  run {result.job['id']}, report {result.report or '(not written)'}")
+    return result.exit_code, result.as_json(), "\n".join(lines)
+
+
 def cmd_deploy(args: argparse.Namespace) -> tuple[int, Any, str]:
     from exchpatch import api
-    from exchpatch.progress import summary_lines
 
     result = _start(api.deploy, args, args.patch_id, inventory=args.inventory, check=args.check,
                     emergency=args.emergency, reason=args.reason, approver=args.approver, operator=args.operator,
@@ -263,17 +273,11 @@ def cmd_deploy(args: argparse.Namespace) -> tuple[int, Any, str]:
         "canceled": f"{args.patch_id}: canceled",
         "failed": f"{args.patch_id}: FAILED",
     }[result.outcome]
-    _write_report(result)
-    lines = [headline, *summary_lines(result)]
-    if result.message:
-        lines.append(f"  {result.message}")
-    lines.append(f"  run {result.job['id']}, report {result.report or '(not written)'}")
-    return result.exit_code, result.as_json(), "\n".join(lines)
+    return _closing(result, headline)
 
 
 def cmd_rollback(args: argparse.Namespace) -> tuple[int, Any, str]:
     from exchpatch import api
-    from exchpatch.progress import summary_lines
 
     result = _start(api.rollback, args, args.component, to=args.to, inventory=args.inventory, check=args.check,
                     accept_irreversible=args.accept_irreversible, operator=args.operator,
@@ -281,12 +285,7 @@ def cmd_rollback(args: argparse.Namespace) -> tuple[int, Any, str]:
     _failed(result)
     head = (f"{args.component}: rolled back" + (f" to {result.to_version}" if result.to_version else "")
             if result.outcome == "successful" else f"{args.component}: rollback {result.outcome}")
-    _write_report(result)
-    lines = [head, *summary_lines(result)]
-    if result.message:
-        lines.append(f"  {result.message}")
-    lines.append(f"  run {result.job['id']}, report {result.report or '(not written)'}")
-    return result.exit_code, result.as_json(), "\n".join(lines)
+    return _closing(result, head)
 
 
 def cmd_status(args: argparse.Namespace) -> tuple[int, Any, str]:

@@ -659,6 +659,14 @@ def _node_pid(node: NodeSpec) -> int | None:
     return pid or None
 
 
+def empty_calendar(folder: str | Path) -> Path:
+    """Write a market calendar without freeze windows into ``folder`` (for ``up(freeze_windows=...)``)."""
+    path = Path(folder) / "no-freeze-windows.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("---\nwindows: []\n")
+    return path
+
+
 @contextlib.contextmanager
 def running(root: str | Path, shards: int = 2, wallets: int = 2, net: int | None = None) -> Iterator[Fleet]:
     """A fleet for the length of a ``with`` block (tests, benches): stopped by its own root, folder removed.
@@ -666,11 +674,8 @@ def running(root: str | Path, shards: int = 2, wallets: int = 2, net: int | None
     Its market calendar is empty (no freeze window), so a test's rollout never depends on the time of day;
     a test of the calendar passes its own schedule.
     """
-    calendar = Path(root) / "no-freeze-windows.yml"
     try:
-        Path(root).mkdir(parents=True, exist_ok=True)
-        calendar.write_text("---\nwindows: []\n")
-        yield up(root, shards=shards, wallets=wallets, net=net, freeze_windows=calendar)
+        yield up(root, shards=shards, wallets=wallets, net=net, freeze_windows=empty_calendar(root))
     finally:
         down(root)
         shutil.rmtree(root, ignore_errors=True)
