@@ -4,7 +4,9 @@
 
 """The patch catalog: one YAML mapping per ``patches/*.yml`` file, validated into :class:`Patch` records.
 
-Every problem raises one :class:`CatalogError` naming the file, the field, the problem and the fix.
+Only regular files of at most :data:`MAX_ENTRY_SIZE` bytes are read; the YAML is strict (no duplicate
+keys, no aliases) and ids, versions and CVE IDs are ASCII. Every problem raises one
+:class:`CatalogError` naming the file, the field, the problem and the fix.
 """
 
 from __future__ import annotations
@@ -14,32 +16,30 @@ import binascii
 import difflib
 import os
 import re
-import traceback
+import stat
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from ansible_collections.exchangeops.patching.plugins.module_utils import _safe_io
 from ansible_collections.exchangeops.patching.plugins.module_utils._errors import InputError
 
-try:
-    import yaml
-except ImportError:
-    HAS_YAML = False
-    YAML_IMPORT_ERROR: str | None = traceback.format_exc()
-else:
-    HAS_YAML = True
-    YAML_IMPORT_ERROR = None
+HAS_YAML = _safe_io.HAS_YAML
+YAML_IMPORT_ERROR = _safe_io.YAML_IMPORT_ERROR
+MAX_ENTRY_SIZE = _safe_io.MAX_CATALOG_ENTRY_SIZE
+MAX_ENTRIES = 10_000
 
 COMPONENTS = ("matching-engine", "wallet-signer")
 RESTARTS = ("none", "service", "system")
 MIGRATIONS = ("none", "forward_compatible", "irreversible")
 
-_ID_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
+# ASCII only: \d would also match "٣" (ARABIC-INDIC DIGIT THREE) and let "1.٤.3" pass as 1.4.3.
+_ID_RE = re.compile(r"[A-Za-z0-9._-]+\Z", re.ASCII)
 # Dotted numeric version with an optional suffix, as the testbed release builder writes them (1.4.3, 1.4.3-rc1).
-_VERSION_RE = re.compile(r"\d+(?:\.\d+)+(?:[.-][0-9A-Za-z.-]+)?\Z")
-_VERSION_CORE_RE = re.compile(r"\d+(?:\.\d+)*")
-_CVE_RE = re.compile(r"CVE-\d{4}-\d{4,}\Z")
-_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}\Z")
+_VERSION_RE = re.compile(r"[0-9]+(?:\.[0-9]+)+(?:[.-][0-9A-Za-z.-]+)?\Z", re.ASCII)
+_VERSION_CORE_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*", re.ASCII)
+_CVE_RE = re.compile(r"CVE-[0-9]{4}-[0-9]{4,}\Z", re.ASCII)
+_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}\Z", re.ASCII)
 
 # field -> example value shown when it is missing or wrong
 _EXAMPLES = {
@@ -88,8 +88,11 @@ class Patch:
 def version_key(version: str) -> tuple[int, ...]:
     """Sort key of a dotted version: ``version_key("1.4.10") > version_key("1.4.9")``.
 
-    Only the leading dotted-numeric part counts ("1.4.3-rc1" sorts equal to "1.4.3"); ValueError without one.
+    Only the leading dotted-numeric part counts ("1.4.3-rc1" sorts equal to "1.4.3"); ValueError without one
+    and for any non-ASCII character (a version is an identifier).
     """
+    if isinstance(version, str) and not version.isascii():
+        raise ValueError(f"version {version!r} contains a non-ASCII character ({_safe_io.non_ascii(version)})")
     match = _VERSION_CORE_RE.match(version.strip()) if isinstance(version, str) else None
     if match is None:
         raise ValueError(f"version {version!r} is not a dotted version like 1.4.3")
@@ -189,35 +192,18 @@ def _released_at(path: str, value: Any) -> str:
     return moment.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
-def _parse(path: str, text: str) -> Any:
-    if not HAS_YAML:
-        raise RuntimeError(
-            "the Python library 'PyYAML' is required to read the patch catalog; install it with 'pip install PyYAML'. "
-            f"Import error: {YAML_IMPORT_ERROR}"
-        )
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise CatalogError(path, where, f"not valid YAML: {problem}",
-                           "fix the YAML syntax (yamllint shows the exact spot)") from None
+def _non_ascii(path: str, field: str, text: str, example: str) -> None:
+    bad = _safe_io.non_ascii(text)
+    if bad is not None:
+        raise CatalogError(path, field, f"{text!r} contains a non-ASCII character ({bad})",
+                           f"identifiers are ASCII; write it like {example}")
 
 
 def load_patch(path: str) -> Patch:
     """One catalog entry; CatalogError naming the file, the field and the fix on any problem."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except FileNotFoundError:
-        raise CatalogError(path, None, "file not found", "check the path of the catalog entry") from None
-    except UnicodeDecodeError:
-        raise CatalogError(path, None, "not UTF-8 text", "save the catalog entry as UTF-8 YAML") from None
-    except OSError as exc:
-        raise CatalogError(path, None, f"cannot read the file: {exc.strerror or exc}",
-                           "check the file's permissions") from None
-    doc = _parse(path, text)
+    data = _safe_io.read_regular(path, MAX_ENTRY_SIZE, what="catalog entry", error=CatalogError)
+    text = _safe_io.decode_utf8(path, data, what="catalog entry", error=CatalogError)
+    doc = _safe_io.load_yaml(path, text, what="patch catalog", error=CatalogError)
     if doc is None:
         raise CatalogError(path, None, "file is empty", "write one patch as a YAML mapping (see patches/*.yml)")
     if not isinstance(doc, dict):
@@ -227,11 +213,13 @@ def load_patch(path: str) -> Patch:
     _missing(path, None, doc, _FIELDS)
 
     patch_id = _need_str(path, "id", doc["id"])
+    _non_ascii(path, "id", patch_id, _EXAMPLES["id"])
     if not _ID_RE.match(patch_id):
         raise CatalogError(path, "id", f"{patch_id!r} has characters other than letters, digits, '.', '_' and '-'",
                            f"use an id like {_EXAMPLES['id']}")
     component = _choice(path, "component", doc["component"], COMPONENTS)
     version = _need_str(path, "version", doc["version"])
+    _non_ascii(path, "version", version, "version: " + _EXAMPLES["version"])
     if not _VERSION_RE.match(version):
         raise CatalogError(path, "version", f"{version!r} is not a dotted version",
                            f"write it like version: {_EXAMPLES['version']}")
@@ -260,6 +248,8 @@ def load_patch(path: str) -> Patch:
                            f"write it like fixes: {_EXAMPLES['fixes']}")
     fixes: list[str] = []
     for i, cve in enumerate(fixes_raw):
+        if isinstance(cve, str):
+            _non_ascii(path, f"fixes[{i}]", cve, "CVE-2026-31337")
         if not isinstance(cve, str) or not _CVE_RE.match(cve.strip()):
             raise CatalogError(path, f"fixes[{i}]", f"{_describe(cve)} is not a CVE ID",
                                "write CVE IDs as CVE-YYYY-NNNN (four-digit year, at least four digits)")
@@ -289,9 +279,21 @@ def load_catalog(directory: str) -> list[Patch]:
     except OSError as exc:
         raise CatalogError(directory, None, f"cannot list the directory: {exc.strerror or exc}",
                            "check the directory's permissions") from None
-    files = [os.path.join(directory, n) for n in names
-             if n.endswith((".yml", ".yaml")) and not n.startswith(".")
-             and os.path.isfile(os.path.join(directory, n))]
+    files = [os.path.join(directory, n) for n in names if n.endswith((".yml", ".yaml")) and not n.startswith(".")]
+    for path in files:
+        # A FIFO or /dev/zero named *.yml is refused rather than skipped: a catalog that silently loses an entry lies.
+        # load_patch checks the opened file again, so a swap after this check changes nothing.
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise CatalogError(path, None, f"cannot read the catalog entry: {exc.strerror or exc}",
+                               "remove the broken entry or fix its permissions") from None
+        if not stat.S_ISREG(mode):
+            raise CatalogError(path, None, f"is {_safe_io.describe_mode(mode)}, not a regular file",
+                               "keep only patch files (*.yml) in the catalog directory")
+    if len(files) > MAX_ENTRIES:
+        raise CatalogError(directory, None, f"{len(files)} patch files, more than {MAX_ENTRIES}",
+                           "point at the patch catalog directory, or archive old entries")
     if not files:
         raise CatalogError(directory, None, "no patch files (*.yml, *.yaml)",
                            "add one YAML file per patch, e.g. matching-engine-1.4.3.yml")

@@ -13,24 +13,25 @@ Supported feeds, recognised by their content (never by the file name):
 ``kev``   the CISA Known Exploited Vulnerabilities catalog JSON
 ``epss``  the FIRST EPSS CSV (``#model_version:...,score_date:...`` then ``cve,epss,percentile``)
 
-Gzip-compressed files are read transparently. Every problem raises one :class:`FeedError`
-naming the file, the record, the problem and the fix.
+Gzip-compressed files are read transparently. Only regular files are read, at most ``max_size``
+bytes (default :data:`MAX_FEED_SIZE`, also once decompressed); JSON is parsed strictly (no duplicate
+keys, NaN, over-long numbers or deep nesting) and identifiers must be ASCII (``CVE-2026-\u0663...`` is
+refused, not read as another CVE). Every problem raises one :class:`FeedError` naming the file, the
+record, the problem and the fix.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import io
-import json
 import re
 import traceback
-import zlib
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from types import MappingProxyType
 from typing import Any
 
+from ansible_collections.exchangeops.patching.plugins.module_utils import _safe_io
 from ansible_collections.exchangeops.patching.plugins.module_utils._errors import InputError
 
 try:
@@ -46,7 +47,12 @@ else:
 FORMATS = ("osv", "csaf", "nvd", "cve5", "kev", "epss")
 ADVISORY_FORMATS = ("osv", "csaf", "nvd", "cve5")
 
-_CVE_RE = re.compile(r"CVE-\d{4}-\d{4,}\Z")
+MAX_FEED_SIZE = _safe_io.MAX_FEED_SIZE
+
+_CVE_RE = re.compile(r"CVE-[0-9]{4}-[0-9]{4,}\Z", re.ASCII)
+# An EPSS probability as FIRST writes it (0.00043, 1.0, 4.3e-05); float() alone also takes "٠.٥", "nan", "1_0".
+_EPSS_NUMBER_RE = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]{1,3})?\Z", re.ASCII)
+_ID_FIX = "identifiers (CVE, OSV, GHSA, vendor ids) are ASCII; download the feed again from its publisher"
 _EXPECTED = (
     "supply one of: an OSV record or list of records, a CSAF 2.0 document, an NVD CVE API 2.0 response, "
     "a CVE JSON 5 record (or list), the CISA KEV catalog JSON, or a FIRST EPSS CSV"
@@ -197,10 +203,17 @@ def parse_cvss(vector: str) -> CvssInfo:
 # small validators
 
 
+def _ascii_id(value: str, path: str, record: str | None, field: str) -> str:
+    bad = _safe_io.non_ascii(value)
+    if bad is not None:
+        raise FeedError(path, record, f"{field} {value!r} contains a non-ASCII character ({bad})", _ID_FIX)
+    return value
+
+
 def _cve(value: Any, path: str, record: str | None, field: str) -> str:
     if not isinstance(value, str):
         raise FeedError(path, record, f"{field} {value!r} is not a string", _CVE_FIX)
-    cve = value.strip().upper()
+    cve = _ascii_id(value, path, record, field).strip().upper()
     if not _CVE_RE.match(cve):
         raise FeedError(path, record, f"{field} {value!r} is not a CVE ID", _CVE_FIX)
     return cve
@@ -352,35 +365,18 @@ def _later_ssvc(a: SsvcPoint | None, b: SsvcPoint | None) -> SsvcPoint | None:
 # reading and format detection
 
 
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        raise FeedError(path, None, "file not found", "check the path, or download the feed first") from None
-    except IsADirectoryError:
-        raise FeedError(path, None, "is a directory, not a feed file", "pass the feed files themselves") from None
-    except OSError as exc:
-        raise FeedError(
-            path, None, f"cannot read the file: {exc.strerror or exc}", "check the file's permissions"
-        ) from None
+def _read(path: str, max_size: int = MAX_FEED_SIZE) -> bytes:
+    """The feed's bytes, decompressed when gzip; FeedError for a non-regular file or one over ``max_size``."""
+    return _safe_io.read_input(path, max_size, what="feed", error=FeedError, option="max_feed_size")
 
 
 def _text(path: str, data: bytes | str) -> str:
     if isinstance(data, str):
         return data
     if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise FeedError(path, None, f"corrupt gzip data: {exc}", "download the feed again") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise FeedError(
-            path, None, f"not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})",
-            "feeds must be UTF-8 JSON or CSV; download the feed again",
-        ) from None
+        data = _safe_io.gunzip_bounded(path, data, MAX_FEED_SIZE, what="feed", error=FeedError,
+                                       option="max_feed_size")
+    return _safe_io.decode_utf8(path, data, what="feed", error=FeedError)
 
 
 _OSV_KEYS = ("modified", "affected", "aliases", "schema_version")
@@ -424,13 +420,7 @@ def _sniff(path: str, text: str) -> tuple[str, Any]:
     if not stripped:
         raise FeedError(path, None, "file is empty", "download the feed again; " + _EXPECTED)
     if stripped[0] in "{[":
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FeedError(
-                path, None, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                "fix the JSON syntax, or download the feed again (a truncated download ends mid-document)",
-            ) from None
+        doc = _safe_io.load_json(path, text, what="feed", error=FeedError)
         return _json_format(path, doc), doc
     first = stripped.split("\n", 1)[0].strip()
     lower = first.lower()
@@ -562,11 +552,12 @@ def _parse_osv(path: str, doc: Any, cache: dict[str, CvssInfo | str]) -> list[Ad
                 path, prefix or "record", f"OSV record has no 'id' (got {osv_id!r})",
                 'add the record\'s OSV id, e.g. "id": "GHSA-xxxx-xxxx-xxxx"',
             )
-        osv_id = osv_id.strip()
+        osv_id = _ascii_id(osv_id.strip(), path, prefix or "record", "id")
         record = f"{prefix} {osv_id}".strip()
         if rec.get("withdrawn"):
             continue
-        ids = [osv_id, *(a.strip() for a in _str_list(rec.get("aliases"), path, record, "aliases"))]
+        ids = [osv_id, *(_ascii_id(a.strip(), path, record, "aliases")
+                         for a in _str_list(rec.get("aliases"), path, record, "aliases"))]
         cves = [_cve(a, path, record, "id" if n == 0 else "aliases") for n, a in enumerate(ids)
                 if a.upper().startswith("CVE-")]
         key = cves[0] if cves else osv_id
@@ -621,9 +612,9 @@ def _parse_csaf(path: str, doc: dict[str, Any], cache: dict[str, CvssInfo | str]
             if not isinstance(text, str) or not text.strip():
                 raise FeedError(path, record, f"ids[{j}] has no 'text'",
                                 'give each id as {"system_name": "...", "text": "..."}')
-            aliases.add(text.strip())
+            aliases.add(_ascii_id(text.strip(), path, record, f"ids[{j}].text"))
         if doc_id:
-            aliases.add(doc_id.strip())
+            aliases.add(_ascii_id(doc_id.strip(), path, "document.tracking", "id"))
         aliases.discard(cve)
         candidates: list[_Candidate] = []
         ssvc = None
@@ -671,6 +662,19 @@ def _parse_kev(path: str, doc: dict[str, Any], _cache: dict[str, CvssInfo | str]
     return out
 
 
+def _csv_rows(path: str, reader: Any) -> Any:
+    """The reader's rows; a malformed line (an over-long field, a stray quote) as a FeedError."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise FeedError(path, f"line {reader.line_num}", f"not a valid CSV line: {exc}",
+                            "download the EPSS CSV again") from None
+        yield row
+
+
 def _parse_epss(path: str, text: str, _cache: dict[str, CvssInfo | str]) -> list[EpssEntry]:
     model: str | None = None
     score_date: str | None = None
@@ -680,7 +684,7 @@ def _parse_epss(path: str, text: str, _cache: dict[str, CvssInfo | str]) -> list
     seen: set[str] = set()
     fix_header = "the first line after the '#model_version:...' comment must be the header 'cve,epss,percentile'"
     cols = (0, 1, 2)
-    for row in reader:
+    for row in _csv_rows(path, reader):
         if not row or not "".join(row).strip():
             continue
         line = reader.line_num
@@ -712,6 +716,8 @@ def _parse_epss(path: str, text: str, _cache: dict[str, CvssInfo | str]) -> list
         for name, col in (("epss", cols[1]), ("percentile", cols[2])):
             raw = row[col]
             try:
+                if not _EPSS_NUMBER_RE.match(raw.strip()):
+                    raise ValueError(raw)
                 value = float(raw)
             except ValueError:
                 raise FeedError(path, record, f"{name} {raw!r} is not a number", f"give {name} as a probability "
@@ -732,9 +738,14 @@ _PARSERS = MappingProxyType(
 )
 
 
-def load_feed(path: str) -> tuple[str, list[Advisory] | list[KevEntry] | list[EpssEntry]]:
-    """Read one feed file: ``(format, records)``; FeedError on any problem."""
-    fmt, doc = _sniff(path, _text(path, _read(path)))
+def load_feed(
+    path: str, max_size: int = MAX_FEED_SIZE
+) -> tuple[str, list[Advisory] | list[KevEntry] | list[EpssEntry]]:
+    """Read one feed file (at most ``max_size`` bytes, also once decompressed): ``(format, records)``.
+
+    FeedError on any problem.
+    """
+    fmt, doc = _sniff(path, _text(path, _read(path, max_size)))
     cache: dict[str, CvssInfo | str] = {}
     return fmt, _PARSERS[fmt](path, doc, cache)
 
@@ -777,14 +788,15 @@ def _merge(a: Advisory, b: Advisory, rank_a: tuple[int, int], rank_b: tuple[int,
     )
 
 
-def load_intel(paths: list[str]) -> Intel:
+def load_intel(paths: list[str], max_size: int = MAX_FEED_SIZE) -> Intel:
     """Load and join several feeds.
 
     Advisories for one CVE are merged: aliases unioned; earliest published date; latest source date; CVSS from the
     best metric (v3.x over v4.0 over v2, then NVD over CVE 5 over CSAF over OSV; NVD's Primary metric first); SSVC
     from the most recent assessment (CISA ADP via CVE 5 or NVD). OSV records join by their CVE alias; an OSV record
     without one is keyed by its own id unless one of its ids is an alias of a CVE advisory. KEV: the entry from the
-    newest catalog wins; EPSS: the row with the latest score date wins.
+    newest catalog wins; EPSS: the row with the latest score date wins. Each file is read with
+    :func:`load_feed` and ``max_size``.
     """
     advisories: dict[str, Advisory] = {}
     ranks: dict[str, tuple[int, int]] = {}
@@ -800,7 +812,7 @@ def load_intel(paths: list[str]) -> Intel:
             ranks[adv.cve] = max(ranks[adv.cve], rank)
 
     for path in paths:
-        fmt, records = load_feed(path)
+        fmt, records = load_feed(path, max_size)
         if fmt == "kev":
             for entry in records:
                 prev_kev = kev.get(entry.cve)

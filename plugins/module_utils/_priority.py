@@ -21,11 +21,13 @@ The decision is the one specified for the product (issue "Patch priority"):
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.exchangeops.patching.plugins.module_utils import _ssvc
+from ansible_collections.exchangeops.patching.plugins.module_utils import _safe_io, _ssvc
 from ansible_collections.exchangeops.patching.plugins.module_utils._catalog import COMPONENTS, Patch, version_key
+from ansible_collections.exchangeops.patching.plugins.module_utils._errors import InputError
 from ansible_collections.exchangeops.patching.plugins.module_utils._feeds import Advisory, Intel, parse_cvss
 
 CRITICALITIES = ("low", "medium", "high", "very_high")
@@ -35,6 +37,10 @@ DEFAULT_EXPOSURE = "controlled"
 RESTART_RISK = {"none": 0, "service": 1, "system": 2}
 MIGRATION_RISK = {"none": 0, "forward_compatible": 1, "irreversible": 3}
 CLASS_BASE = {"immediate": 75.0, "out_of_cycle": 50.0, "scheduled": 25.0, "defer": 0.0}
+MAX_FACTS_SIZE = _safe_io.MAX_FACTS_SIZE
+
+# What a node reports as its version: dotted numbers, then an optional ASCII suffix (1.4.2, 1.4.2-rc1, 2.3.0+b7).
+_NODE_VERSION_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*(?:[-+.~][0-9A-Za-z.+~-]*)?\Z", re.ASCII)
 
 
 class PlanError(ValueError):
@@ -126,10 +132,13 @@ def nodes_from_facts(records: Any, source: str) -> list[Node]:
         if component not in COMPONENTS:
             allowed = ", ".join(COMPONENTS)
             raise PlanError(f"{where}: unknown component {component!r}; use one of: {allowed}")
-        try:
-            version_key(rec["version"])
-        except ValueError:
-            raise PlanError(f"{where}: version {rec['version']!r} is not a dotted version like 1.4.2") from None
+        version = rec["version"]
+        bad = _safe_io.non_ascii(version)
+        if bad is not None:
+            raise PlanError(f"{where}: version {version!r} contains a non-ASCII character ({bad}); "
+                            "versions are ASCII, e.g. 1.4.2")
+        if not _NODE_VERSION_RE.match(version):
+            raise PlanError(f"{where}: version {version!r} is not a dotted version like 1.4.2")
         criticality = rec.get("criticality") or DEFAULT_CRITICALITY[component]
         if criticality not in CRITICALITIES:
             raise PlanError("{}: criticality {!r}; use one of: {}".format(where, criticality, ", ".join(CRITICALITIES)))
@@ -137,8 +146,26 @@ def nodes_from_facts(records: Any, source: str) -> list[Node]:
         if exposure not in EXPOSURES:
             raise PlanError("{}: exposure {!r}; use one of: {}".format(where, exposure, ", ".join(EXPOSURES)))
         markets = rec.get("markets") or rec.get("chains") or ()
-        nodes.append(Node(name, component, rec["version"], criticality, exposure, tuple(markets)))
+        if not isinstance(markets, (list, tuple)) or not all(isinstance(m, str) for m in markets):
+            raise PlanError(f"{where}: markets {markets!r} is not a list of names; "
+                            'give it like "markets": ["BTC-USD", "ETH-USD"]')
+        nodes.append(Node(name, component, version, criticality, exposure, tuple(markets)))
     return nodes
+
+
+def load_facts_file(path: str, max_size: int = MAX_FACTS_SIZE) -> list[Node]:
+    """Fleet facts from a JSON file ``{"nodes": [...]}``: a regular file of at most ``max_size`` bytes, strict JSON.
+
+    PlanError naming the file, the problem and the fix.
+    """
+    try:
+        data = _safe_io.read_regular(path, max_size, what="facts file")
+        doc = _safe_io.load_json(path, _safe_io.decode_utf8(path, data, what="facts file"), what="facts file")
+    except InputError as e:
+        raise PlanError(str(e)) from None
+    if not isinstance(doc, (dict, list)):
+        raise PlanError(f'{path}: fleet facts are a JSON {type(doc).__name__}; write {{"nodes": [...]}}')
+    return nodes_from_facts(doc, path)
 
 
 # --------------------------------------------------------------------------- per CVE

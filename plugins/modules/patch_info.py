@@ -13,6 +13,10 @@ description:
   - Loads the patch catalog, validates every entry (so a broken catalog is caught before a
     rollout, not half-way), and returns the entry with the given id.
   - An unknown id fails with the ids the catalog does have.
+  - A bad catalog fails with one message naming the file, the field and the fix, and
+    C(bad_input=true). Entries must be regular files of at most 1 MiB (a FIFO or C(/dev/zero)
+    named C(*.yml) is refused unread), in strict YAML (no duplicate keys, no aliases), with
+    ASCII ids, versions and CVE IDs.
   - With O(component) and O(version) instead of O(id), returns the entry that installed that
     version, or C(patch=null) when the catalog has none (a release built outside the catalog).
 author:

@@ -21,6 +21,12 @@ description:
   - Bad input (malformed or unknown feed, bad CVSS vector, incomplete catalog entry, unknown
     component, unparsable date) fails with one message naming the file, the record and the
     fix, and C(bad_input=true); no plan is written.
+  - Hostile input is refused the same way. Feeds, catalog entries and the facts file must be
+    regular files (a FIFO, a device such as C(/dev/zero) or a directory is refused unread) no
+    larger than their cap (feeds O(max_feed_size), also once gunzipped; a catalog entry 1 MiB;
+    the facts file 64 MiB). JSON is strict (duplicate keys, C(NaN)/C(Infinity), numbers of more
+    than 64 digits and nesting deeper than 64 levels are refused); catalog YAML refuses duplicate
+    keys and aliases. CVE IDs, patch ids and versions must be ASCII.
   - Runs on the controller; run it on C(localhost) or delegate it there.
 author:
   - exchangeops engineering (@exchangeops)
@@ -65,6 +71,13 @@ options:
     description:
       - Write the plan to this JSON file (atomically). Nothing is written when planning fails.
     type: path
+  max_feed_size:
+    description:
+      - The largest feed file read, in bytes or with a unit (C(256M), C(1G)); a gzip-compressed
+        feed is also refused once it decompresses past this size.
+      - The default fits the largest public feeds (an NVD 2.0 yearly file is about 150 MiB).
+    type: str
+    default: 256M
 requirements:
   - cvss (Python library, on the controller)
 """
@@ -132,21 +145,26 @@ import tempfile
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.common.text.formatters import human_to_bytes
 from ansible_collections.exchangeops.patching.plugins.module_utils import _catalog, _feeds, _priority
 
 
 def _facts(module: AnsibleModule) -> list:
     if module.params["facts_file"]:
-        path = module.params["facts_file"]
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except OSError as e:
-            raise _priority.PlanError(f"{path}: cannot read the facts file ({e.strerror}); check the path") from e
-        except ValueError as e:
-            raise _priority.PlanError(f"{path}: not valid JSON ({e}); write {{\"nodes\": [...]}}") from e
-        return _priority.nodes_from_facts(data, path)
+        return _priority.load_facts_file(module.params["facts_file"])
     return _priority.nodes_from_facts(module.params["facts"] or [], "facts")
+
+
+def _max_feed_size(module: AnsibleModule) -> int:
+    text = module.params["max_feed_size"]
+    try:
+        size = human_to_bytes(text, isbits=False)
+    except (ValueError, TypeError):
+        size = -1
+    if size <= 0:
+        module.fail_json(msg=f"max_feed_size: {text!r} is not a size; give bytes or a size like 256M or 1G",
+                         bad_input=True)
+    return size
 
 
 def _write_atomic(path: str, text: str) -> bool:
@@ -178,6 +196,7 @@ def main() -> None:
             facts_file=dict(type="path"),
             now=dict(type="str"),
             dest=dict(type="path"),
+            max_feed_size=dict(type="str", default="256M"),
         ),
         mutually_exclusive=[("facts", "facts_file")],
         required_one_of=[("facts", "facts_file")],
@@ -187,11 +206,12 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("cvss"), exception=_feeds.CVSS_IMPORT_ERROR)
     if not module.params["feeds"]:
         module.fail_json(msg="feeds: give at least one advisory feed file", bad_input=True)
+    max_feed_size = _max_feed_size(module)
     try:
         now = _priority.parse_now(module.params["now"])
         nodes = _facts(module)
         patches = _catalog.load_catalog(module.params["catalog"])
-        intel = _feeds.load_intel(module.params["feeds"])
+        intel = _feeds.load_intel(module.params["feeds"], max_feed_size)
         plan = _priority.build_plan(intel, patches, nodes, now)
     except (_feeds.FeedError, _catalog.CatalogError, _priority.PlanError) as e:
         module.fail_json(msg=str(e), bad_input=True)

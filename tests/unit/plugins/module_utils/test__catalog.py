@@ -8,7 +8,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from ansible_collections.exchangeops.patching.plugins.module_utils import _catalog
+from ansible_collections.exchangeops.patching.plugins.module_utils import _safe_io
 from ansible_collections.exchangeops.patching.plugins.module_utils._catalog import (
     COMPONENTS,
     CatalogError,
@@ -225,6 +225,6 @@ def test_one_bad_file_fails_the_catalog(tmp_path):
 
 
 def test_missing_yaml_library_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(_catalog, "HAS_YAML", False)
+    monkeypatch.setattr(_safe_io, "HAS_YAML", False)
     with pytest.raises(RuntimeError, match="'PyYAML' is required"):
         load_patch(entry(tmp_path))

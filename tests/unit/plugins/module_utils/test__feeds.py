@@ -419,7 +419,7 @@ BAD = [
      "epss 'high' is not a number", "between 0 and 1"),
     ("epss-out-of-range", EPSS_HEAD + "CVE-2026-10001,94.1,0.9\n", "line 3 CVE-2026-10001",
      "epss '94.1' is outside 0..1", "not a percentage"),
-    ("epss-nan", EPSS_HEAD + "CVE-2026-10001,0.5,nan\n", "line 3 CVE-2026-10001", "percentile 'nan' is outside 0..1",
+    ("epss-nan", EPSS_HEAD + "CVE-2026-10001,0.5,nan\n", "line 3 CVE-2026-10001", "percentile 'nan' is not a number",
      "between 0 and 1"),
     ("epss-without-header", "#model_version:v2025.03.14,score_date:2026-11-23T00:00:00+0000\n"
      "CVE-2026-10001,0.5,0.9\n", "line 2", "EPSS CSV has no header line", "cve,epss,percentile"),
