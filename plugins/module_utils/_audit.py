@@ -13,8 +13,9 @@ module reads it. Writers serialise on an exclusive ``flock`` of the file and fsy
 append, so concurrent runs interleave whole records and a killed run leaves only whole
 records behind.
 
-This module is pure stdlib; it raises :class:`AuditError` with a message naming the file and
-the fix, which the module turns into ``fail_json``.
+Redaction (what is cut out of a record before it is hashed and written) is in ``_redact``;
+its names are re-exported here. This module is pure stdlib; it raises :class:`AuditError`
+with a message naming the file and the fix, which the module turns into ``fail_json``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# Redaction lives in _redact; these names stay importable from here for existing callers.
+from ansible_collections.exchangeops.patching.plugins.module_utils._redact import (  # noqa: F401
+    MIN_SECRET_LEN,
+    REDACTED,
+    SECRET_KEY,
+    Redactor,
+    _plain,
+    is_secret_key,
+)
+
 VERSION = 1
 GENESIS = "0" * 64
 KINDS = ("change_opened", "event", "change_updated", "change_closed")
@@ -39,9 +50,6 @@ INTERRUPTED = "interrupted"
 DEPLOY_PLAYBOOK = "rolling_patch.yml"
 ROLLBACK_PLAYBOOK = "rollback.yml"
 PLAN_PLAYBOOK = "plan.yml"
-REDACTED = "<redacted>"
-MIN_SECRET_LEN = 6
-SECRET_KEY = re.compile(r"token|password|passwd|secret|private_key|authorization|api_key|vault", re.IGNORECASE)
 # Keys every record must carry, and the extra keys of each kind.
 BASE_KEYS = ("v", "seq", "ts", "run", "kind", "prev", "hash")
 KIND_KEYS = {
@@ -95,91 +103,7 @@ def record_hash(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(body).encode("utf-8")).hexdigest()
 
 
-# --- redaction ------------------------------------------------------------------------------
-
-def is_secret_key(name: Any) -> bool:
-    return isinstance(name, str) and SECRET_KEY.search(name) is not None
-
-
-def _plain(value: Any) -> Any:
-    """JSON-native form of a value. Objects that are not plain data are never str()-ed blindly:
-    a vault-encrypted value (Ansible's EncryptedString, AnsibleVaultEncryptedUnicode) would
-    decrypt itself, so anything whose type name says vault or encrypted is redacted outright."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, Mapping | list | tuple | set | frozenset):
-        return value
-    name = type(value).__name__.lower()
-    if "vault" in name or "encrypted" in name:
-        return REDACTED
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    try:
-        return str(value)
-    except Exception:  # noqa: BLE001 - e.g. an undefined template marker; its text is not needed
-        return f"<{type(value).__name__}>"
-
-
-@dataclass
-class Redactor:
-    """Redacts secret-named keys and every known secret value wherever it appears.
-
-    ``learn_from`` collects the string values under secret-named keys (extra vars, host vars,
-    results), so a token that later shows up in a message or URL is still caught."""
-
-    secrets: set[str] = field(default_factory=set)
-
-    def learn(self, value: Any) -> None:
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        if isinstance(value, str):
-            value = value.strip()
-            if len(value) >= MIN_SECRET_LEN and value != REDACTED:
-                self.secrets.add(value)
-
-    def learn_from(self, data: Any, under_secret: bool = False, _depth: int = 0) -> None:
-        if _depth > 40:
-            return
-        if under_secret and _plain(data) == REDACTED:
-            # a vault-encrypted value: learn its plain text (kept in memory only) so that a
-            # message into which it was templated is still redacted
-            try:
-                self.learn(str(data))
-            except Exception:  # noqa: BLE001 - what cannot be decrypted cannot leak either
-                return
-            return
-        data = _plain(data)
-        if isinstance(data, Mapping):
-            for key, value in data.items():
-                self.learn_from(value, under_secret or is_secret_key(key), _depth + 1)
-        elif isinstance(data, list | tuple | set | frozenset):
-            for value in data:
-                self.learn_from(value, under_secret, _depth + 1)
-        elif under_secret:
-            self.learn(data)
-
-    def redact(self, data: Any, _depth: int = 0) -> Any:
-        data = _plain(data)
-        if _depth > 40:
-            return "<too deep>"
-        if isinstance(data, Mapping):
-            return {str(k): (REDACTED if is_secret_key(k) and v not in (None, "", REDACTED) else
-                             self.redact(v, _depth + 1)) for k, v in data.items()}
-        if isinstance(data, list | tuple | set | frozenset):
-            return [self.redact(v, _depth + 1) for v in data]
-        if isinstance(data, str):
-            return self.redact_text(data)
-        return data
-
-    def redact_text(self, text: str) -> str:
-        # longest first, so a secret containing another is replaced whole
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
-
+# --- event values ---------------------------------------------------------------------------
 
 def trim(value: Any, limit: int = 2000) -> Any:
     """A value small enough for an event record: strings over ``limit`` characters are cut, and
