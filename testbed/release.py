@@ -1,7 +1,9 @@
 """Release builder: real, signed tarballs of the testbed node code, and their catalog entries.
 
 A release is the ``exchnode`` package, a ``bin/exchnode`` launcher and ``RELEASE.json``
-(component, version, fault). Faulty releases are the same code told by their manifest
+(component, version, the CVEs it fixes, migration and restart scope, fault). ``RELEASE.json`` is
+inside the signed tarball, so those facts are signed: preflight refuses a catalog entry that
+states anything else. Faulty releases are the same code told by their manifest
 to misbehave, so the fault is genuinely the behaviour of that release's code on the node.
 """
 
@@ -66,15 +68,17 @@ def validate(component: str, version: str, fault: str | None) -> None:
 
 
 def release_files(component: str, version: str, fault: str | None = None,
-                  fault_params: dict[str, float] | None = None) -> dict[str, bytes]:
-    """The files of a release, by relative path."""
+                  fault_params: dict[str, float] | None = None, fixes: list[str] | None = None,
+                  restart: str = "service", migration: str = "none") -> dict[str, bytes]:
+    """The files of a release, by relative path; ``RELEASE.json`` carries the facts the catalog states."""
     files: dict[str, bytes] = {}
     for src in sorted(SOURCE.glob("*.py")):
         if src.name == "launcher.py":
             continue
         files[f"exchnode/{src.name}"] = src.read_bytes()
     files["bin/exchnode"] = (SOURCE / "launcher.py").read_bytes()
-    manifest: dict[str, Any] = {"component": component, "version": version, "fault": fault}
+    manifest: dict[str, Any] = {"component": component, "version": version, "fault": fault,
+                                "fixes": sorted(fixes or []), "migration": migration, "restart": restart}
     if fault_params:
         manifest["fault_params"] = fault_params
     files["RELEASE.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
@@ -199,8 +203,11 @@ def build_release(
     validate(component, version, fault)
     fixes = list(fixes or [])
     for cve in fixes:
-        if not CVE_RE.match(cve):
+        if not isinstance(cve, str) or not CVE_RE.match(cve) or not cve.isascii():
             raise ReleaseError(f"--fixes {cve!r} is not a CVE ID like CVE-2026-12345")
+        if fixes.count(cve) > 1:
+            raise ReleaseError(f"--fixes {cve} is listed twice; list each CVE once")
+    fixes = sorted(fixes)
     if restart not in RESTARTS:
         raise ReleaseError(f"restart {restart!r}: use one of {', '.join(RESTARTS)}")
     if migration not in MIGRATIONS:
@@ -213,7 +220,8 @@ def build_release(
     catalog_dir.mkdir(parents=True, exist_ok=True)
     priv = ensure_signing_key(keys_dir)[0]
 
-    files = release_files(component, version, fault, fault_params)
+    files = release_files(component, version, fault, fault_params, fixes=fixes, restart=restart,
+                          migration=migration)
     change = _change_size(out_dir, component, version, files)
     blob = _tarball(files)
     artifact = out_dir / f"{component}-{version}.tar.gz"

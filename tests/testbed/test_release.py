@@ -53,7 +53,8 @@ def test_tarball_is_reproducible_and_holds_the_release(dirs):
         names = tar.getnames()
         manifest = json.load(tar.extractfile("RELEASE.json"))
     assert {"bin/exchnode", "exchnode/common.py", "RELEASE.json"} <= set(names)
-    assert manifest == {"component": "matching-engine", "version": "1.4.3", "fault": "crash"}
+    assert manifest == {"component": "matching-engine", "version": "1.4.3", "fault": "crash", "fixes": [],
+                        "migration": "none", "restart": "service"}
     assert not any(n.startswith(("data", "/")) or ".." in n for n in names)
 
 
@@ -67,9 +68,23 @@ def test_catalog_entry_has_every_field(dirs):
     assert entry["artifact"]["url"] == Path(built.artifact).as_uri()
     assert entry["fixes"] == ["CVE-2026-1111", "CVE-2026-2222"]
     assert entry["restart"] == "service" and entry["migration"] == "forward_compatible"
-    # Against 1.4.2 only the manifest differs: one file, the version line.
-    assert entry["change_size"] == {"files": 1, "lines": 2}
+    # Against 1.4.2 only the manifest differs: one file, its version, fixes and migration lines.
+    assert entry["change_size"] == {"files": 1, "lines": 9}
     assert entry["released_at"].endswith("Z")
+
+
+def test_signed_manifest_carries_the_catalog_facts(dirs):
+    """RELEASE.json is inside the signed tarball: what the catalog states about the release is signed too."""
+    built = _build(dirs, version="1.4.3", fixes=["CVE-2026-2222", "CVE-2026-1111"], restart="system",
+                   migration="forward_compatible")
+    with tarfile.open(built.artifact) as tar:
+        manifest = json.load(tar.extractfile("RELEASE.json"))
+    entry = yaml.safe_load(Path(built.catalog_entry).read_text())
+    facts = ("component", "version", "fixes", "migration", "restart")
+    assert {k: manifest[k] for k in facts} == {
+        "component": "matching-engine", "version": "1.4.3", "fixes": ["CVE-2026-1111", "CVE-2026-2222"],
+        "migration": "forward_compatible", "restart": "system"}
+    assert {k: entry[k] for k in facts} == {k: manifest[k] for k in facts}
 
 
 @pytest.mark.parametrize(
@@ -80,6 +95,8 @@ def test_catalog_entry_has_every_field(dirs):
         ({"fault": "ledger-mismatch"}, "fault 'ledger-mismatch' does not exist for matching-engine"),
         ({"component": "wallet-signer", "fault": "state-divergence"}, "does not exist for wallet-signer"),
         ({"fixes": ["CVE-26-1"]}, "is not a CVE ID"),
+        ({"fixes": ["CVE-2026-\u0663\u0661\u0663\u0663\u0667"]}, "is not a CVE ID"),
+        ({"fixes": ["CVE-2026-1111", "CVE-2026-1111"]}, "CVE-2026-1111 is listed twice"),
         ({"restart": "reboot"}, "restart 'reboot'"),
         ({"migration": "maybe"}, "migration 'maybe'"),
         ({"patch_id": "../evil"}, "patch id '../evil'"),
