@@ -19,10 +19,16 @@ description:
     records every task start and result (V(event)); and closes the change with its outcome
     (V(change_closed)) at the end of the run. A run killed before its end keeps every record
     already written; the history shows it as interrupted.
-  - "Redacted before hashing and writing: any key whose name contains token, password, passwd, secret,
-    private_key, authorization, api_key or vault; and any string containing a secret value seen in
-    extra vars, inventory variables, vault secrets or task results (values of such keys, at least
-    6 characters long). Results of C(no_log) tasks stay censored."
+  - "Redacted before hashing and writing, keys and values alike: the value of any key whose name
+    contains token, password, passwd, passphrase, secret, credential, vault, private_key, api_key,
+    dsn or auth (authorization, auth_token; not author), or is pass or pwd as a word
+    (ansible_become_pass); the password of any URL (C(https://user:pass@host),
+    C(postgresql://u:p@h/db)), Bearer and Basic credentials and the value of C(password=...)-like
+    pairs in any text; and every secret value seen in extra vars, inventory variables, vault
+    secrets or task results (the values of such keys and URL passwords, of any length), also
+    percent-encoded, JSON- or HTML-escaped or base64-encoded. Secrets of 6 characters or more are
+    cut wherever they occur, of 4 or 5 characters where they stand as a word of their own, of 1 to
+    3 characters where a whole value equals them. Results of C(no_log) tasks stay censored."
   - The operator comes from the extra var C(preflight_operator), else the environment variable
     E(EXCHPATCH_OPERATOR), else the login user; approver, reason and emergency from the extra vars
     C(preflight_approver), C(preflight_reason) and C(preflight_emergency). The run id is
@@ -72,13 +78,13 @@ from ansible.utils.display import Display
 from ansible.utils.vars import load_extra_vars
 from ansible_collections.exchangeops.patching.plugins.module_utils._audit import (
     AuditError,
-    Redactor,
     append,
     default_path,
     iso,
     trim,
     utc_now,
 )
+from ansible_collections.exchangeops.patching.plugins.module_utils._redact import Redactor
 
 display = Display()
 
@@ -149,7 +155,7 @@ class CallbackModule(CallbackBase):
         except (AuditError, OSError) as e:
             # The audit trail must never take a rollout down halfway; say so loudly instead.
             self.broken = True
-            self._display.warning(f"audit trail not written from here on: {e}")
+            self._display.warning(self.redactor.redact_text(f"audit trail not written from here on: {e}"))
 
     # --- secrets ----------------------------------------------------------------------------
 
@@ -173,7 +179,8 @@ class CallbackModule(CallbackBase):
             try:
                 self.redactor.learn_from(manager.get_vars(host=host, include_hostvars=False))
             except Exception as e:  # noqa: BLE001 - an inventory that cannot be read is reported, not fatal
-                self._display.warning(f"audit: could not read the variables of {host} for redaction: {e}")
+                self._display.warning(self.redactor.redact_text(
+                    f"audit: could not read the variables of {host} for redaction: {e}"))
 
     # --- change record ----------------------------------------------------------------------
 

@@ -8,7 +8,9 @@
 audit records in order (see the audit trail contract: ``event`` and ``change_*`` kinds) and,
 when the load generator ran, its report (``testbed/loadgen.py`` ``LoadReport.as_json()``), and
 returns one HTML document: inline CSS and SVG, no script, no external fetch, every value
-escaped (task names come from playbooks, messages from nodes).
+escaped (task names come from playbooks, messages from nodes) and redacted again
+(``_redact.redact``: secret-named keys, URL credentials, ``password=...``), so a trail written
+before today's redaction rules does not leak through its report.
 
 The timeline derives each step's phase from its task name with one table, ``PHASE_PATTERNS``
 (first match wins; anything else is ``other``), so keeping the report in step with the
@@ -29,6 +31,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from ansible_collections.exchangeops.patching.plugins.module_utils._redact import redact
 
 # --------------------------------------------------------------------------- phases
 
@@ -695,7 +699,12 @@ def _steps(run: Run, lanes: list[str]) -> str:
 def render_html(change: dict[str, Any] | None, records: list[dict[str, Any]],
                 load: dict[str, Any] | None = None) -> str:
     """One self-contained HTML report of a run (see the module docstring)."""
-    records = [r for r in (records or []) if isinstance(r, Mapping)]
+    # The callback redacted the records before writing them; this pass (key names, URL
+    # credentials, password=..., Bearer ...) also cleans trails written by older versions and
+    # the load report, which never went through the callback.
+    records = [redact(r) for r in (records or []) if isinstance(r, Mapping)]
+    change = redact(change) if isinstance(change, Mapping) else None
+    load = redact(load) if isinstance(load, Mapping) else None
     merged = merge_change(change, records)
     run = read_run(records)
     outcome = _outcome(merged)
