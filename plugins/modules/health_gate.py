@@ -34,14 +34,15 @@ description:
     missing data is never read as healthy. A window without client requests passes C(error_rate)
     and C(p99) only when the baseline had no client requests either (a standby, an idle market);
     a baseline without data counts as 0 for the bound, which makes it stricter, not laxer.
-  - An admin token the node refuses (401) fails the task at once instead of waiting for the timeout.
+  - An admin token the node refuses (401, 403), a redirect and a TLS failure fail the task at once
+    instead of waiting for the timeout, since waiting does not fix them.
   - In O(mode=baseline) it takes two C(/metrics) snapshots O(sample) seconds apart and returns the
     client error rate, p99 and request count between them as RV(baseline), to pass to later gates.
   - Runs on the controller (the admin API is HTTP); delegate it to C(localhost).
 author:
   - exchangeops engineering (@exchangeops)
 extends_documentation_fragment:
-  - ansible.builtin.url
+  - exchangeops.patching.admin_api
 attributes:
   check_mode:
     description: Can run in check mode and return the gate results.
@@ -51,14 +52,6 @@ attributes:
     description: Will return details on what has changed.
     support: none
 options:
-  url:
-    description: Base URL of the node's admin API, usually the host's C(exchange_admin_url).
-    type: str
-    required: true
-  token:
-    description: Bearer token of the node's admin API (from vault). Never logged.
-    type: str
-    required: true
   component:
     description: What the node is; picks the default O(checks) and must match what the node reports.
     type: str
@@ -87,6 +80,8 @@ options:
   peer_url:
     description:
       - Admin API of the node to compare with - the unpatched peer, the shard's other node.
+      - It is reached with the same TLS options (O(validate_certs), O(ca_path), O(client_cert),
+        O(client_key)) as O(url).
     type: str
   peer_token:
     description: Bearer token of the peer's admin API. Defaults to O(token). Never logged.
@@ -132,7 +127,7 @@ options:
   timeout:
     description:
       - Seconds for every check to pass (O(mode=gate)); the bake comes on top.
-      - Each HTTP request waits at most 5 seconds (less when O(timeout) is shorter).
+      - Each HTTP request waits at most O(request_timeout) seconds (less when O(timeout) is shorter).
     type: float
     default: 60
   interval:
@@ -161,6 +156,10 @@ EXAMPLES = r"""
   exchangeops.patching.health_gate:
     url: "{{ exchange_admin_url }}"
     token: "{{ exchange_admin_token }}"
+    validate_certs: "{{ exchange_admin_validate_certs | default(omit) }}"
+    ca_path: "{{ exchange_admin_ca_path | default(omit) }}"
+    client_cert: "{{ exchange_admin_client_cert | default(omit) }}"
+    client_key: "{{ exchange_admin_client_key | default(omit) }}"
     component: "{{ exchange_component }}"
     mode: baseline
     sample: 10
@@ -273,67 +272,47 @@ window:
       type: bool
 """
 
-import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import fetch_url, url_argument_spec
 from ansible_collections.exchangeops.patching.plugins.module_utils import _gates, _metrics
+from ansible_collections.exchangeops.patching.plugins.module_utils._admin_api import (
+    AdminApi,
+    AdminApiError,
+    admin_api_argument_spec,
+    tls_from_params,
+)
 
-REQUEST_TIMEOUT = 5.0
 
-
-class Refused(Exception):
-    """The admin API refused the token (401): waiting will not fix it."""
+class Stop(Exception):
+    """A failure waiting will not fix (a refused token, a redirect, TLS): the gate stops at once."""
 
 
 class Endpoint:
-    """One node's admin API, read with its bearer token."""
+    """One node's admin API; failures become evidence for the checks, except those in Stop."""
 
-    def __init__(self, module: AnsibleModule, url: str, token: str, option: str) -> None:
-        self.module = module
-        self.base = url.rstrip("/")
-        self.token = token
-        self.option = option  # the token's option name, for the error message
+    def __init__(self, api: AdminApi) -> None:
+        self.api = api
+        self.base = api.base
 
-    def get(self, path: str, timeout: float) -> tuple[str | None, str | None]:
-        """(body text, None) on 200, else (None, why); raises Refused on 401."""
-        url = self.base + path
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json, text/plain"}
-        resp, info = fetch_url(self.module, url, headers=headers, method="GET", timeout=timeout)
-        status = info.get("status", -1)
-        if status == 401:
-            raise Refused(f"{url} answered 401: the admin token was refused; check {self.option} "
-                          "(the node's admin token in vault)")
-        if status == 200 and resp is not None:
-            try:
-                return resp.read().decode("utf-8", "replace"), None
-            except (OSError, ValueError) as e:
-                return None, f"GET {url} broke off ({e})"
-        if status in (-1, None) or status < 100:
-            return None, f"{url} is unreachable ({info.get('msg', 'no answer')})"
-        detail = info.get("body") or b""
-        if isinstance(detail, bytes):
-            detail = detail.decode("utf-8", "replace")
+    def _failed(self, e: AdminApiError) -> str:
+        if e.permanent:
+            raise Stop(str(e)) from None
+        return str(e)
+
+    def get(self, path: str) -> tuple[str | None, str | None]:
+        """(body text, None) on 200, else (None, why); raises Stop when waiting cannot help."""
         try:
-            parsed = json.loads(detail)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict) and parsed.get("error"):
-            detail = parsed["error"]
-        return None, f"GET {url} answered {status}: {str(detail)[:200] or info.get('msg', '')}"
+            return self.api.get_text(path), None
+        except AdminApiError as e:
+            return None, self._failed(e)
 
-    def get_json(self, path: str, timeout: float) -> tuple[dict | None, str | None]:
-        text, error = self.get(path, timeout)
-        if text is None:
-            return None, error
+    def get_json(self, path: str) -> tuple[dict | None, str | None]:
+        """(JSON object, None) on 200, else (None, why); raises Stop when waiting cannot help."""
         try:
-            doc = json.loads(text)
-        except ValueError as e:
-            return None, f"{self.base}{path} did not answer JSON ({e})"
-        if not isinstance(doc, dict):
-            return None, f"{self.base}{path} answered {type(doc).__name__}, not a JSON object"
-        return doc, None
+            return self.api.get_json(path), None
+        except AdminApiError as e:
+            return None, self._failed(e)
 
 
 class Gate:
@@ -347,19 +326,23 @@ class Gate:
         self.baseline = baseline
         self.bounds = bounds
         self.component = p["component"]
-        self.node = Endpoint(module, p["url"], p["token"], "token")
+        tls = tls_from_params(p)
+        request_timeout = min(p["request_timeout"], p["timeout"])
+        self.node = Endpoint(AdminApi(p["url"], p["token"], request_timeout=request_timeout, tls=tls))
         self.peer = None
         if p["peer_url"]:
-            self.peer = Endpoint(module, p["peer_url"], p["peer_token"] or p["token"],
-                                 "peer_token" if p["peer_token"] else "peer_token (it defaults to token)")
-        self.timeout = min(REQUEST_TIMEOUT, p["timeout"])
+            peer_token = "peer_token" if p["peer_token"] else "peer_token (it defaults to token)"
+            self.peer = Endpoint(AdminApi(p["peer_url"], p["peer_token"] or p["token"],
+                                          request_timeout=request_timeout, tls=tls,
+                                          token_option=f"{peer_token}, the peer's admin token in vault",
+                                          url_option="peer_url (the peer's exchange_admin_url)"))
         self.before: _metrics.MetricsSnapshot | None = None
         self.window: _metrics.WindowStats | None = None
 
     def _hash_at(self, endpoint: Endpoint, status: dict, seq: int) -> tuple[str | None, str | None]:
         if status.get("seq") == seq and status.get("state_hash"):
             return str(status["state_hash"]), None
-        doc, error = endpoint.get_json(f"/v1/state/hash?seq={seq}", self.timeout)
+        doc, error = endpoint.get_json(f"/v1/state/hash?seq={seq}")
         if doc is None:
             return None, error
         if doc.get("seq") != seq or not doc.get("state_hash"):
@@ -368,7 +351,7 @@ class Gate:
 
     def poll(self) -> list[_gates.GateResult]:
         errors: dict[str, str] = {}
-        status, err = self.node.get_json("/v1/status", self.timeout)
+        status, err = self.node.get_json("/v1/status")
         if err:
             errors["status"] = err
         if status is not None and status.get("component") != self.component:
@@ -380,12 +363,12 @@ class Gate:
                                   "component (exchange_admin_url, exchange_component in the inventory)")
         peer_status = status_after = None
         if self.peer is not None and any(c in _gates.PEER_CHECKS for c in self.checks):
-            peer_status, err = self.peer.get_json("/v1/status", self.timeout)
+            peer_status, err = self.peer.get_json("/v1/status")
             if err:
                 errors["peer_status"] = err
             elif status is not None and "caught_up" in self.checks:
                 # the node again, after its peer: see _gates "caught_up" on reads under live load
-                status_after = self.node.get_json("/v1/status", self.timeout)[0]
+                status_after = self.node.get_json("/v1/status")[0]
         hashes = None
         if "state_hash" in self.checks and self.peer is not None and status is not None and peer_status is not None:
             seq = _gates.state_hash_seq(status, peer_status)
@@ -404,7 +387,7 @@ class Gate:
             self.window = self._window(errors)
         reconcile = None
         if "ledger" in self.checks:
-            reconcile, err = self.node.get_json("/v1/ledger/reconcile", self.timeout)
+            reconcile, err = self.node.get_json("/v1/ledger/reconcile")
             if err:
                 errors["reconcile"] = err
         return _gates.evaluate(self.checks, status, peer_status, reconcile, self.window, self.baseline, self.bounds,
@@ -412,7 +395,7 @@ class Gate:
                                status_after=status_after)
 
     def snapshot(self) -> tuple[_metrics.MetricsSnapshot | None, str | None]:
-        text, err = self.node.get("/metrics", self.timeout)
+        text, err = self.node.get("/metrics")
         if text is None:
             return None, err
         try:
@@ -450,7 +433,7 @@ def run_gate(module: AnsibleModule, gate: Gate) -> None:
         polls += 1
         try:
             results = gate.poll()
-        except Refused as e:
+        except Stop as e:
             module.fail_json(msg=str(e), gates=[], passed=False, checks=gate.checks, polls=polls)
         now = time.monotonic()
         elapsed = round(now - started, 3)
@@ -479,8 +462,8 @@ def run_baseline(module: AnsibleModule, gate: Gate) -> None:
         after, err = gate.snapshot()
         if after is None:
             module.fail_json(msg=f"cannot take a baseline: {err}; is the node up and the url right?")
-    except Refused as e:
-        module.fail_json(msg=str(e))
+    except Stop as e:
+        module.fail_json(msg=f"cannot take a baseline: {e}")
     stats = _metrics.window(before, after)
     if stats.restarted:
         module.fail_json(msg=f"{gate.node.base} restarted during the {p['sample']:g} s baseline sample; "
@@ -496,10 +479,8 @@ def run_baseline(module: AnsibleModule, gate: Gate) -> None:
 
 
 def main() -> None:
-    spec = url_argument_spec()
+    spec = admin_api_argument_spec()
     spec.update(
-        url=dict(type="str", required=True),
-        token=dict(type="str", required=True, no_log=True),
         component=dict(type="str", required=True, choices=["matching-engine", "wallet-signer"]),
         mode=dict(type="str", default="gate", choices=["gate", "baseline"]),
         checks=dict(type="list", elements="str", choices=list(_gates.CHECKS)),
@@ -524,7 +505,7 @@ def main() -> None:
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     p = module.params
-    for name in ("timeout", "interval", "sample"):
+    for name in ("timeout", "interval", "sample", "request_timeout"):
         if p[name] <= 0:
             module.fail_json(msg=f"{name} must be > 0 seconds, got {p[name]:g}")
     if p["bake"] < 0:
@@ -548,7 +529,10 @@ def main() -> None:
                          "before the rollout)")
         if needs:
             module.fail_json(msg="; ".join(needs) + "; set them or leave those checks out of checks")
-    gate = Gate(module, checks, baseline, bounds)
+    try:
+        gate = Gate(module, checks, baseline, bounds)
+    except AdminApiError as e:
+        module.fail_json(msg=str(e))
     if p["mode"] == "baseline":
         run_baseline(module, gate)
     else:

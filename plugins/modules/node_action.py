@@ -15,7 +15,7 @@ description:
   - C(step_down) - a matching-engine primary hands its standby every entry and becomes standby
     (C(POST /v1/ha/step-down)); a standby is left alone.
   - C(promote) - a matching-engine standby becomes primary (C(POST /v1/ha/promote)); the node refuses
-    while its peer is still primary unless O(force) (only for a peer that is down). A primary is
+    while its peer is still primary unless O(promote_despite_peer) (only for a peer that is down). A primary is
     left alone.
   - C(market_mode) - sets O(mode) on O(markets) (all the node's markets when omitted) of a
     matching-engine primary (C(POST /v1/markets/mode)); only the markets not in that mode yet are sent.
@@ -28,7 +28,7 @@ description:
 author:
   - exchangeops engineering (@exchangeops)
 extends_documentation_fragment:
-  - ansible.builtin.url
+  - exchangeops.patching.admin_api
 attributes:
   check_mode:
     description: Can run in check mode and report what would change without changing it.
@@ -41,14 +41,6 @@ attributes:
     support: full
     details: The before and after of the HA role, the market modes or the withdrawal state.
 options:
-  url:
-    description: Base URL of the node's admin API, usually the host's C(exchange_admin_url).
-    type: str
-    required: true
-  token:
-    description: Bearer token of the admin API (from vault). Never logged.
-    type: str
-    required: true
   action:
     description: What to do; see the description.
     type: str
@@ -62,23 +54,29 @@ options:
     description: Markets to set O(mode) on (O(action=market_mode)); all the node's markets when omitted.
     type: list
     elements: str
-  force:
+  promote_despite_peer:
     description:
       - With O(action=promote), promote even though the peer still claims to be primary.
       - Only for a peer that is down or cut off; two serving primaries lose orders.
     type: bool
     default: false
   timeout:
-    description: Seconds to wait for each answer, and for O(action=wait_in_flight) to see no withdrawal in flight.
+    description:
+      - Seconds O(action=wait_in_flight) waits for no withdrawal in flight.
+      - Each request waits at most O(request_timeout).
     type: float
     default: 30
 """
 
 EXAMPLES = r"""
-- name: Step the shard's primary down before patching it
+- name: Step the shard's primary down before patching it (TLS options from the inventory)
   exchangeops.patching.node_action:
     url: "{{ exchange_admin_url }}"
     token: "{{ exchange_admin_token }}"
+    validate_certs: "{{ exchange_admin_validate_certs | default(omit) }}"
+    ca_path: "{{ exchange_admin_ca_path | default(omit) }}"
+    client_cert: "{{ exchange_admin_client_cert | default(omit) }}"
+    client_key: "{{ exchange_admin_client_key | default(omit) }}"
     action: step_down
   delegate_to: localhost
 
@@ -86,6 +84,7 @@ EXAMPLES = r"""
   exchangeops.patching.node_action:
     url: "{{ hostvars[patched_standby].exchange_admin_url }}"
     token: "{{ hostvars[patched_standby].exchange_admin_token }}"
+    ca_path: "{{ hostvars[patched_standby].exchange_admin_ca_path | default(omit) }}"
     action: promote
   delegate_to: localhost
 
@@ -142,11 +141,15 @@ waited:
   sample: 0.2
 """
 
-import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import fetch_url, url_argument_spec
+from ansible_collections.exchangeops.patching.plugins.module_utils._admin_api import (
+    AdminApi,
+    AdminApiError,
+    admin_api_argument_spec,
+    client_from_params,
+)
 
 MATCHING = "matching-engine"
 WALLET = "wallet-signer"
@@ -162,52 +165,29 @@ POLL_S = 0.2
 
 
 class Admin:
-    """The node's admin API: JSON in, JSON out, every failure a fail_json naming the node."""
+    """The node's admin API for this module: every failure a fail_json naming the node and the fix."""
 
-    def __init__(self, module: AnsibleModule) -> None:
+    def __init__(self, module: AnsibleModule, api: AdminApi) -> None:
         self.module = module
-        self.base = module.params["url"].rstrip("/")
-        self.token = module.params["token"]
-        self.timeout = module.params["timeout"]
+        self.api = api
+        self.base = api.base
 
-    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        """(status, JSON object); fails the task when unreachable, on 401 and on a non-JSON answer."""
-        url = self.base + path
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body)
-            headers["Content-Type"] = "application/json"
-        resp, info = fetch_url(self.module, url, data=data, headers=headers, method=method, timeout=self.timeout)
-        status = info.get("status", -1)
-        if status == 401:
-            self.module.fail_json(msg=f"{url} answered 401: the admin token was refused; "
-                                  "check token (the node's admin token in vault)")
-        if status is None or status < 100:
-            self.module.fail_json(msg=f"{url} is unreachable ({info.get('msg', 'no answer')}); is the node up?")
-        raw = resp.read() if resp is not None else info.get("body") or b""
-        try:
-            doc = json.loads(raw)
-        except ValueError as e:
-            self.module.fail_json(msg=f"{method} {url} answered {status} without JSON ({e}); "
-                                  "the node does not implement the admin API contract")
-        if not isinstance(doc, dict):
-            self.module.fail_json(msg=f"{method} {url} answered {status} with a JSON {type(doc).__name__}, "
-                                  "not an object; the node does not implement the admin API contract")
-        return status, doc
+    def fail(self, e: AdminApiError) -> None:
+        extra = {"node": e.document} if e.document is not None else {}
+        self.module.fail_json(msg=str(e), **extra)
 
     def status(self) -> dict:
-        status, doc = self.call("GET", "/v1/status")
-        if status != 200:
-            self.module.fail_json(msg=f"{self.base}/v1/status answered {status}: {doc.get('error', doc)}")
-        return doc
+        try:
+            return self.api.get_json("/v1/status")
+        except AdminApiError as e:
+            self.fail(e)
 
-    def post(self, path: str, body: dict) -> dict:
-        status, doc = self.call("POST", path, body)
-        if status != 200:
-            self.module.fail_json(msg=f"POST {self.base}{path} answered {status}: {doc.get('error', doc)}",
-                                  node=doc)
-        return doc
+    def post(self, path: str, body: dict, accept: tuple[int, ...] = (200,)) -> tuple[int, dict]:
+        try:
+            answer = self.api.post_json(path, body, accept)
+        except AdminApiError as e:
+            self.fail(e)
+        return answer.status, answer.document
 
 
 def require(module: AnsibleModule, node: dict, fields: tuple[str, ...], base: str) -> None:
@@ -228,7 +208,7 @@ def step_down(module: AnsibleModule, api: Admin, node: dict) -> dict:
         return dict(changed=False, before=before, after=before)
     if module.check_mode:
         return dict(changed=True, before=before, after={**before, "ha_role": "standby"})
-    answer = api.post("/v1/ha/step-down", {})
+    answer = api.post("/v1/ha/step-down", {})[1]
     return dict(changed=True, before=before, after=ha_view(answer), node=answer)
 
 
@@ -239,14 +219,12 @@ def promote(module: AnsibleModule, api: Admin, node: dict) -> dict:
         return dict(changed=False, before=before, after=before)
     if module.check_mode:
         return dict(changed=True, before=before, after={**before, "ha_role": "primary"})
-    status, answer = api.call("POST", "/v1/ha/promote", {"force": module.params["force"]})
+    # the node's own "force" field: promote although its peer still claims to be primary
+    status, answer = api.post("/v1/ha/promote", {"force": module.params["promote_despite_peer"]}, accept=(200, 409))
     if status == 409:
         module.fail_json(msg=f"{api.base} refused to be promoted: {answer.get('error')} (peer "
                          f"{answer.get('peer')}, term {answer.get('peer_term')}); step the peer down first, or "
-                         "set force=true only if the peer is down", node=answer)
-    if status != 200:
-        module.fail_json(msg=f"POST {api.base}/v1/ha/promote answered {status}: {answer.get('error', answer)}",
-                         node=answer)
+                         "set promote_despite_peer=true only if the peer is down", node=answer)
     return dict(changed=True, before=before, after=ha_view(answer), node=answer)
 
 
@@ -271,7 +249,7 @@ def market_mode(module: AnsibleModule, api: Admin, node: dict) -> dict:
     after = {"market_modes": {**modes, **{m: mode for m in to_change}}}
     if module.check_mode:
         return dict(changed=True, before=before, after=after)
-    answer = api.post("/v1/markets/mode", {"mode": mode, "markets": to_change})
+    answer = api.post("/v1/markets/mode", {"mode": mode, "markets": to_change})[1]
     return dict(changed=True, before=before, after={"market_modes": answer.get("market_modes", after)}, node=answer)
 
 
@@ -283,7 +261,7 @@ def withdrawals(module: AnsibleModule, api: Admin, node: dict, want: str) -> dic
     if module.check_mode:
         return dict(changed=True, before=before, after={**before, "withdrawals": want})
     path = "/v1/withdrawals/pause" if want == "paused" else "/v1/withdrawals/resume"
-    answer = api.post(path, {})
+    answer = api.post(path, {})[1]
     if answer.get("withdrawals") != want:
         module.fail_json(msg=f"{api.base}{path} answered withdrawals={answer.get('withdrawals')!r}, not {want!r}",
                          node=answer)
@@ -308,14 +286,12 @@ def wait_in_flight(module: AnsibleModule, api: Admin, node: dict) -> dict:
 
 
 def main() -> None:
-    spec = url_argument_spec()
+    spec = admin_api_argument_spec()
     spec.update(
-        url=dict(type="str", required=True),
-        token=dict(type="str", required=True, no_log=True),
         action=dict(type="str", required=True, choices=list(COMPONENT_OF)),
         mode=dict(type="str", choices=["open", "post_only", "cancel_only", "halted"]),
         markets=dict(type="list", elements="str"),
-        force=dict(type="bool", default=False),
+        promote_despite_peer=dict(type="bool", default=False),
         timeout=dict(type="float", default=30),
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
@@ -323,7 +299,10 @@ def main() -> None:
     action = module.params["action"]
     if module.params["timeout"] <= 0:
         module.fail_json(msg=f"timeout must be > 0 seconds, got {module.params['timeout']:g}")
-    api = Admin(module)
+    try:
+        api = Admin(module, client_from_params(module.params))
+    except AdminApiError as e:
+        module.fail_json(msg=str(e))
     node = api.status()
     require(module, node, ("component",), api.base)
     if node["component"] != COMPONENT_OF[action]:

@@ -20,7 +20,7 @@ description:
 author:
   - exchangeops engineering (@exchangeops)
 extends_documentation_fragment:
-  - ansible.builtin.url
+  - exchangeops.patching.admin_api
 attributes:
   check_mode:
     description: Can run in check mode and return the node status.
@@ -30,18 +30,6 @@ attributes:
     description: Will return details on what has changed.
     support: none
 options:
-  url:
-    description: Base URL of the node's admin API, usually the host's C(exchange_admin_url).
-    type: str
-    required: true
-  token:
-    description: Bearer token of the admin API (from vault). Never logged.
-    type: str
-    required: true
-  timeout:
-    description: Seconds to wait for the answer.
-    type: float
-    default: 5
   expect_component:
     description: Fail unless the node reports this component (catches a wrong address in the inventory).
     type: str
@@ -53,6 +41,10 @@ EXAMPLES = r"""
   exchangeops.patching.node_info:
     url: "{{ exchange_admin_url }}"
     token: "{{ exchange_admin_token }}"
+    validate_certs: "{{ exchange_admin_validate_certs | default(omit) }}"
+    ca_path: "{{ exchange_admin_ca_path | default(omit) }}"
+    client_cert: "{{ exchange_admin_client_cert | default(omit) }}"
+    client_key: "{{ exchange_admin_client_key | default(omit) }}"
     expect_component: "{{ exchange_component }}"
   delegate_to: localhost
   register: node
@@ -92,35 +84,28 @@ node:
       type: str
 """
 
-import json
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import fetch_url, url_argument_spec
+from ansible_collections.exchangeops.patching.plugins.module_utils._admin_api import (
+    AdminApiError,
+    admin_api_argument_spec,
+    client_from_params,
+)
 
 REQUIRED = ("component", "version", "ready")
 
 
 def main() -> None:
-    spec = url_argument_spec()
+    spec = admin_api_argument_spec()
     spec.update(
-        url=dict(type="str", required=True),
-        token=dict(type="str", required=True, no_log=True),
-        timeout=dict(type="float", default=5),
         expect_component=dict(type="str", choices=["matching-engine", "wallet-signer"]),
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
-    url = module.params["url"].rstrip("/") + "/v1/status"
-    headers = {"Authorization": "Bearer {}".format(module.params["token"]), "Accept": "application/json"}
-    resp, info = fetch_url(module, url, headers=headers, method="GET", timeout=module.params["timeout"])
-    status = info.get("status", -1)
-    if status == 401:
-        module.fail_json(msg=f"{url} answered 401: the admin token was refused; check exchange_admin_token in vault")
-    if status != 200 or resp is None:
-        module.fail_json(msg=f"{url} is unreachable or failed ({status}: {info.get('msg', '')}); is the node up?")
     try:
-        node = json.loads(resp.read())
-    except ValueError as e:
-        module.fail_json(msg=f"{url} did not answer JSON ({e})")
+        api = client_from_params(module.params)
+        node = api.get_json("/v1/status")
+    except AdminApiError as e:
+        module.fail_json(msg=str(e))
+    url = api.base + "/v1/status"
     missing = [k for k in REQUIRED if k not in node]
     if missing:
         module.fail_json(msg=f"{url} answered without {', '.join(missing)}; "
