@@ -81,6 +81,12 @@ def describe_mode(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "a special file")
 
 
+def _not_regular(path: str, mode: int, what: str, error: ErrorType) -> InputError:
+    fix = (f"give the path of the {what} file itself, not a directory" if stat.S_ISDIR(mode)
+           else f"give the path of a regular {what} file (copy the data into a file first)")
+    return error(path, None, f"is {describe_mode(mode)}, not a regular file", fix)
+
+
 def _open_regular(path: str, what: str, error: ErrorType) -> int:
     """An fd open for reading on a regular file; never blocks on a FIFO or a device."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -91,6 +97,12 @@ def _open_regular(path: str, what: str, error: ErrorType) -> int:
     except IsADirectoryError:
         raise error(path, None, "is a directory, not a file", f"give the path of the {what} itself") from None
     except OSError as exc:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):  # a socket cannot even be opened (ENXIO)
+            raise _not_regular(path, mode, what, error) from None
         raise error(path, None, f"cannot open the file: {exc.strerror or exc}",
                     "check the file's permissions") from None
     try:
@@ -100,9 +112,7 @@ def _open_regular(path: str, what: str, error: ErrorType) -> int:
         raise error(path, None, f"cannot stat the file: {exc.strerror or exc}", "check the file") from None
     if not stat.S_ISREG(mode):
         os.close(fd)
-        fix = (f"give the path of the {what} file itself, not a directory" if stat.S_ISDIR(mode)
-               else f"give the path of a regular {what} file (copy the data into a file first)")
-        raise error(path, None, f"is {describe_mode(mode)}, not a regular file", fix)
+        raise _not_regular(path, mode, what, error)
     if hasattr(os, "set_blocking"):
         os.set_blocking(fd, True)
     return fd
