@@ -14,10 +14,13 @@ nothing here imports collection code.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import inspect
 import json
 import os
 import re
-from collections.abc import Sequence
+import stat
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from exchpatch.jobs import (
     JobStatus,
     StatusHandler,
     data_dir,
+    refuse_template_markers,
     start,
 )
 
@@ -44,7 +48,6 @@ _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
 _VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}\Z")
 _PERSON_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}\Z")
 _SERIAL_RE = re.compile(r"([1-9][0-9]{0,3}|[1-9][0-9]?%|100%)\Z")
-_TEMPLATE_MARKERS = ("{{", "{%", "{#", "}}")
 # Task names the driver reads results from (the playbooks keep them stable).
 TASK_FAIL_WITH_EVIDENCE = "Fail the run with the gate's evidence"
 TASK_FLEET_STATUS = "Collect the fleet status"
@@ -68,19 +71,68 @@ def _check_text(value: Any, what: str, limit: int = 500) -> str:
         raise BadInput(f"{what} is {len(value)} characters long; keep it under {limit}")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise BadInput(f"{what} contains control characters; use plain text on one line")
-    if any(m in value for m in _TEMPLATE_MARKERS):
-        raise BadInput(f"{what} contains template markers ({{{{, {{%, {{#); use plain text")
+    refuse_template_markers(value, what)
     return value
 
 
-def _check_inventory(inventory: str | Path | None) -> str | None:
+def _data_only(func: Callable[..., Job]) -> Callable[..., Job]:
+    """Refuse a template marker in any argument of a public entry point, before anything else runs:
+    callers (a shell, AWX, a chatops bot) hand us text, and text is never a template."""
+    signature = inspect.signature(func)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Job:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise BadInput(f"{func.__name__}(): {e}") from None
+        for name, value in bound.arguments.items():
+            if not callable(value):
+                refuse_template_markers(value, name.replace("_", " "))
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _executable(path: Path) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and bool(st.st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH))
+
+
+def _check_inventory(inventory: str | Path | None, allow_scripts: bool = False) -> str | None:
+    """The inventory's resolved path. Ansible *runs* an executable inventory file (a dynamic
+    inventory script): one is accepted only with ``allow_inventory_scripts=True``."""
     if inventory is None:
         return None
     p = Path(inventory).expanduser()
     if not p.exists():
         raise BadInput(f"inventory {inventory}: no such file or folder; give an inventory path, "
                        "or leave it out for the testbed's")
-    return str(p.resolve())
+    p = p.resolve()
+    if not allow_scripts:
+        candidates = [p] if p.is_file() else [
+            Path(d) / f for d, dirs, files in os.walk(p)
+            for f in files if not (set(Path(d).relative_to(p).parts) & {"group_vars", "host_vars"})]
+        scripts = [c for c in candidates if _executable(c)]
+        if scripts:
+            raise BadInput(f"inventory {inventory}: {scripts[0]} is executable and Ansible would run it as a "
+                           "program; pass allow_inventory_scripts=True (--allow-inventory-scripts) if it is your "
+                           "dynamic inventory, or chmod -x it")
+    return str(p)
+
+
+def _check_vault_password_file(path: str | None, allow_script: bool) -> str | None:
+    """The vault password file's path. Ansible *runs* an executable one (a vault client script):
+    accepted only with ``allow_vault_password_script=True``."""
+    resolved = _check_file(path, "vault password file")
+    if resolved is not None and not allow_script and _executable(Path(resolved)):
+        raise BadInput(f"vault password file {path}: is executable and Ansible would run it as a program; pass "
+                       "allow_vault_password_script=True (--allow-vault-password-script) if it is your vault "
+                       "client script, or chmod -x it")
+    return resolved
 
 
 def _check_file(path: str | None, what: str) -> str | None:
@@ -233,8 +285,9 @@ def _exit_code(job: Job, ok: bool) -> int:
 # --------------------------------------------------------------------------- plan
 
 
+@_data_only
 def plan(feeds: Sequence[str], catalog: str, *, inventory: str | Path | None = None, facts: str | None = None,
-         now: str | None = None, event_handler: EventHandler | None = None,
+         now: str | None = None, allow_inventory_scripts: bool = False, event_handler: EventHandler | None = None,
          status_handler: StatusHandler | None = None) -> Job:
     """Rank pending patches (``playbooks/plan.yml``); the result carries the plan document."""
     if not feeds:
@@ -267,20 +320,26 @@ def plan(feeds: Sequence[str], catalog: str, *, inventory: str | Path | None = N
         msg = None if ok else (_first_failure_msg(job) or f"plan playbook ended {job.status}; see {job.artifact_dir}")
         return PlanResult(job=job.as_json(), exit_code=_exit_code(job, ok), message=msg, plan=doc)
 
-    return start("plan", "plan.yml", extravars, finish, inventory=_check_inventory(inventory),
+    return start("plan", "plan.yml", extravars, finish, inventory=_check_inventory(inventory, allow_inventory_scripts),
                  event_handler=event_handler, status_handler=status_handler)
 
 
 # --------------------------------------------------------------------------- deploy
 
 
+@_data_only
 def deploy(patch_id: str, *, inventory: str | Path | None = None, check: bool = False, emergency: bool = False,
            reason: str | None = None, approver: str | None = None, operator: str | None = None,
            serial: Sequence[int | str] | None = None, canary_bake: float | None = None, bake: float | None = None,
            on_failure: str = "rollback", accept_irreversible: bool = False, catalog: str | None = None,
-           vault_password_file: str | None = None, timeout: float | None = None,
-           event_handler: EventHandler | None = None, status_handler: StatusHandler | None = None) -> Job:
-    """Roll one catalog patch out (``playbooks/rolling_patch.yml``)."""
+           allow_downgrade: bool = False, vault_password_file: str | None = None,
+           allow_vault_password_script: bool = False, allow_inventory_scripts: bool = False,
+           timeout: float | None = None, event_handler: EventHandler | None = None,
+           status_handler: StatusHandler | None = None) -> Job:
+    """Roll one catalog patch out (``playbooks/rolling_patch.yml``).
+
+    ``allow_downgrade`` (with a ``reason``) lets a patch older than what a node runs go out; it is
+    recorded as a downgrade. The way back from a bad release is :func:`rollback`, not a patch."""
     _check(_ID_RE, patch_id, "patch id", "matching-engine-1.4.3")
     extravars: dict[str, Any] = {"patch_id": patch_id, "rolling_on_failure": on_failure}
     if on_failure not in ("rollback", "halt"):
@@ -306,6 +365,11 @@ def deploy(patch_id: str, *, inventory: str | Path | None = None, check: bool = 
         extravars["rolling_bake"] = v
     if accept_irreversible:
         extravars["preflight_accept_irreversible"] = True
+    if allow_downgrade:
+        if not reason:
+            raise BadInput("a downgrade needs --reason (why an older release must go out); to undo a bad "
+                           "release use exchpatch rollback instead")
+        extravars["preflight_allow_downgrade"] = True
     if catalog is not None:
         cat = Path(catalog).expanduser()
         if not cat.is_dir():
@@ -337,9 +401,11 @@ def deploy(patch_id: str, *, inventory: str | Path | None = None, check: bool = 
         return DeployResult(job=job.as_json(), exit_code=_exit_code(job, ok), message=msg, patch_id=patch_id,
                             outcome=outcome, check=check, change=change, failed_nodes=failed_nodes, steps=_steps(job))
 
-    return start("deploy", "rolling_patch.yml", extravars, finish, inventory=_check_inventory(inventory),
+    return start("deploy", "rolling_patch.yml", extravars, finish,
+                 inventory=_check_inventory(inventory, allow_inventory_scripts),
                  graceful_cancel=not check, timeout=timeout, check=check,
-                 vault_password_file=_check_file(vault_password_file, "vault password file"), operator=operator,
+                 vault_password_file=_check_vault_password_file(vault_password_file, allow_vault_password_script),
+                 operator=operator,
                  event_handler=event_handler, status_handler=status_handler)
 
 
@@ -351,8 +417,10 @@ def _login() -> str:
 # --------------------------------------------------------------------------- rollback
 
 
+@_data_only
 def rollback(component: str, *, to: str | None = None, inventory: str | Path | None = None, check: bool = False,
              accept_irreversible: bool = False, operator: str | None = None, vault_password_file: str | None = None,
+             allow_vault_password_script: bool = False, allow_inventory_scripts: bool = False,
              timeout: float | None = None, event_handler: EventHandler | None = None,
              status_handler: StatusHandler | None = None) -> Job:
     """Put a component back on its previous release, or on ``to`` (``playbooks/rollback.yml``)."""
@@ -383,9 +451,10 @@ def rollback(component: str, *, to: str | None = None, inventory: str | Path | N
                               outcome=outcome, to_version=change.get("converged_version") or to, change=change,
                               steps=_steps(job))
 
-    return start("rollback", "rollback.yml", extravars, finish, inventory=_check_inventory(inventory),
-                 timeout=timeout, check=check,
-                 vault_password_file=_check_file(vault_password_file, "vault password file"), operator=operator,
+    return start("rollback", "rollback.yml", extravars, finish,
+                 inventory=_check_inventory(inventory, allow_inventory_scripts), timeout=timeout, check=check,
+                 vault_password_file=_check_vault_password_file(vault_password_file, allow_vault_password_script),
+                 operator=operator,
                  event_handler=event_handler, status_handler=status_handler)
 
 
@@ -434,7 +503,9 @@ def summarize_status(doc: dict[str, Any], now: dt.datetime | None = None) -> dic
             "drift": any(c["drift"] for c in components.values()), "unreachable": unreachable}
 
 
+@_data_only
 def status(*, inventory: str | Path | None = None, vault_password_file: str | None = None,
+           allow_vault_password_script: bool = False, allow_inventory_scripts: bool = False,
            event_handler: EventHandler | None = None, status_handler: StatusHandler | None = None) -> Job:
     """Fleet versions, drift, HA roles and locks held (``playbooks/fleet_status.yml``); read-only."""
 
@@ -450,8 +521,9 @@ def status(*, inventory: str | Path | None = None, vault_password_file: str | No
         msg = f"no answer from {', '.join(s['unreachable'])}" if s["unreachable"] else None
         return StatusResult(job=job.as_json(), exit_code=1 if s["unreachable"] else 0, message=msg, **s)
 
-    return start("status", "fleet_status.yml", {}, finish, inventory=_check_inventory(inventory),
-                 vault_password_file=_check_file(vault_password_file, "vault password file"),
+    return start("status", "fleet_status.yml", {}, finish,
+                 inventory=_check_inventory(inventory, allow_inventory_scripts),
+                 vault_password_file=_check_vault_password_file(vault_password_file, allow_vault_password_script),
                  event_handler=event_handler, status_handler=status_handler)
 
 
@@ -461,6 +533,7 @@ def status(*, inventory: str | Path | None = None, vault_password_file: str | No
 AUDIT_ACTIONS = ("verify", "history", "metrics", "report")
 
 
+@_data_only
 def audit(action: str, *, audit_file: str | None = None, run: str | None = None, load_report: str | None = None,
           dest: str | None = None, prometheus: bool = False,
           event_handler: EventHandler | None = None) -> Job:

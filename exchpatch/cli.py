@@ -223,7 +223,7 @@ def cmd_plan(args: argparse.Namespace) -> tuple[int, Any, str]:
 
     args.progress = False
     result = _start(api.plan, args, args.feed, args.catalog, inventory=args.inventory, facts=args.facts,
-                    now=args.now)
+                    now=args.now, allow_inventory_scripts=args.allow_inventory_scripts)
     _failed(result)
     if result.exit_code:
         raise CliError(result.message or "plan failed", result.exit_code)
@@ -255,6 +255,13 @@ def _closing(result: Any, headline: str) -> tuple[int, Any, str]:
     return result.exit_code, result.as_json(), "\n".join(lines)
 
 
+def _trusted_files(args: argparse.Namespace) -> dict[str, Any]:
+    """The vault password file and the opt-ins for files Ansible would run as programs."""
+    return {"vault_password_file": args.vault_password_file,
+            "allow_vault_password_script": args.allow_vault_password_script,
+            "allow_inventory_scripts": args.allow_inventory_scripts}
+
+
 def cmd_deploy(args: argparse.Namespace) -> tuple[int, Any, str]:
     from exchpatch import api
 
@@ -262,7 +269,7 @@ def cmd_deploy(args: argparse.Namespace) -> tuple[int, Any, str]:
                     emergency=args.emergency, reason=args.reason, approver=args.approver, operator=args.operator,
                     serial=args.serial, canary_bake=args.canary_bake, bake=args.bake, on_failure=args.on_failure,
                     accept_irreversible=args.accept_irreversible, catalog=args.catalog,
-                    vault_password_file=args.vault_password_file, timeout=args.timeout)
+                    allow_downgrade=args.allow_downgrade, timeout=args.timeout, **_trusted_files(args))
     _failed(result)
     headline = {
         "successful": f"{args.patch_id}: rolled out; every node converged",
@@ -280,8 +287,8 @@ def cmd_rollback(args: argparse.Namespace) -> tuple[int, Any, str]:
     from exchpatch import api
 
     result = _start(api.rollback, args, args.component, to=args.to, inventory=args.inventory, check=args.check,
-                    accept_irreversible=args.accept_irreversible, operator=args.operator,
-                    vault_password_file=args.vault_password_file, timeout=args.timeout)
+                    accept_irreversible=args.accept_irreversible, operator=args.operator, timeout=args.timeout,
+                    **_trusted_files(args))
     _failed(result)
     head = (f"{args.component}: rolled back" + (f" to {result.to_version}" if result.to_version else "")
             if result.outcome == "successful" else f"{args.component}: rollback {result.outcome}")
@@ -292,7 +299,7 @@ def cmd_status(args: argparse.Namespace) -> tuple[int, Any, str]:
     from exchpatch import api
 
     args.progress = False
-    result = _start(api.status, args, inventory=args.inventory, vault_password_file=args.vault_password_file)
+    result = _start(api.status, args, inventory=args.inventory, **_trusted_files(args))
     _failed(result)
     rows = [{**n, "shard/chains": n["shard"] if n["shard"] is not None else ",".join(n["chains"] or []),
              "ready": "yes" if n["ready"] else ("no: " + _clip(n["error"]) if n["error"] else "no")}
@@ -453,11 +460,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--facts", metavar="FILE", help='offline fleet facts: {"nodes": [{"name", "component", ...}]}')
     p.add_argument("--now", metavar="ISO8601", help="plan as of this time (default: now)")
     p.add_argument("--output", metavar="FILE", help="also write the plan's JSON document to FILE")
+    p.add_argument("--allow-inventory-scripts", action="store_true",
+                   help="accept an executable (dynamic) inventory, which Ansible runs as a program")
     p.set_defaults(func=cmd_plan)
 
     secrets = argparse.ArgumentParser(add_help=False)
     secrets.add_argument("--inventory", metavar="INV", help="inventory (default: the testbed's)")
     secrets.add_argument("--vault-password-file", metavar="FILE", help="Ansible Vault password file for the inventory")
+    secrets.add_argument("--allow-vault-password-script", action="store_true",
+                         help="accept an executable vault password file (a vault client script Ansible runs)")
+    secrets.add_argument("--allow-inventory-scripts", action="store_true",
+                         help="accept an executable (dynamic) inventory, which Ansible runs as a program")
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--check", action="store_true", help="touch no node; show what would happen, batch by batch")
     run.add_argument("--operator", help="who runs it (default: $EXCHPATCH_OPERATOR or the login name)")
@@ -468,7 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deploy", parents=[common, secrets, run], help="roll a catalog patch out, canary first")
     p.add_argument("patch_id", metavar="PATCH_ID", help="catalog id, e.g. matching-engine-1.4.3")
     p.add_argument("--emergency", action="store_true", help="override a freeze window (needs --reason, --approver)")
-    p.add_argument("--reason", help="why (recorded with the change)")
+    p.add_argument("--reason", help="why (recorded with the change); needed by --emergency and --allow-downgrade")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="let a release older than what a node runs go out (needs --reason; recorded as a "
+                        "downgrade). To undo a bad release use exchpatch rollback")
     p.add_argument("--approver", help="second person approving an emergency override")
     p.add_argument("--serial", nargs="+", metavar="N", help="batch sizes after the canary, e.g. 1 2 50%%")
     p.add_argument("--canary-bake", type=float, metavar="S", help="seconds the canary bakes under traffic")
@@ -519,11 +535,28 @@ def _classify(exc: Exception) -> int | None:
     return None
 
 
+def _refuse_templates(args: argparse.Namespace) -> None:
+    """Every string a caller types is data: a template marker in any option is bad input (exit 2)."""
+    from exchpatch.jobs import BadInput, refuse_template_markers
+
+    for name, value in vars(args).items():
+        if name == "func":
+            continue
+        try:
+            refuse_template_markers(value, f"--{name.replace('_', '-')}" if name not in _POSITIONALS else name)
+        except BadInput as e:
+            raise CliError(str(e), EXIT_BAD_INPUT) from None
+
+
+_POSITIONALS = ("patch_id", "run", "node", "command", "testbed_command", "audit_command")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], tuple[int, Any, str]] = args.func
     try:
+        _refuse_templates(args)
         code, doc, text = func(args)
     except Exception as e:
         code = _classify(e)

@@ -22,22 +22,43 @@ is the process group killed.
 from __future__ import annotations
 
 import enum
+import json
 import os
+import re
 import shlex
 import shutil
+import stat
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_INVENTORY = REPO / "inventories" / "testbed"
 KEEP_RUNS = 30
 CANCEL_FILE = "cancel"
+EXTRAVARS_FILE = "env/extravars"
+# Jinja's block, variable and comment openers and the file-level override header: any of them in
+# a caller's string is refused, even though every value also reaches the playbook marked unsafe.
+TEMPLATE_MARKERS = ("{{", "{%", "{#", "#jinja2:")
+# The driver's own environment reaches a playbook only through these names (plus what the
+# driver and ansible-runner set): a chatops host's Slack secret or a DSN in the environment
+# must not land in a play, nor in the runner's `command` artifact.
+ENV_PASSTHROUGH = frozenset({
+    "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR", "USER", "LOGNAME", "SSH_AUTH_SOCK",
+    "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+})
+ENV_PASSTHROUGH_PREFIXES = ("ANSIBLE_",)
+_SECRET_NAME = re.compile(r"token|password|passwd|secret|private_key|credential|passphrase|auth|api_key|dsn|vault",
+                          re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+REDACTED = "<redacted>"
 
 
 class JobStatus(enum.StrEnum):
@@ -59,6 +80,96 @@ class JobError(Exception):
 
 class BadInput(JobError, ValueError):
     """A parameter was refused before anything ran (exit code 2)."""
+
+
+def refuse_template_markers(value: Any, what: str) -> None:
+    """Raise :class:`BadInput` when ``value`` (a string, or any string inside lists and mappings,
+    keys included) holds a template marker. Everything a caller gives is data, never a template."""
+    if isinstance(value, str):
+        for marker in TEMPLATE_MARKERS:
+            if marker in value:
+                raise BadInput(f"{what} contains the template marker {marker!r}; exchpatch passes every value "
+                               "as plain data, so remove it (no Jinja in paths, ids or text)")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            refuse_template_markers(key, what)
+            refuse_template_markers(item, f"{what}.{key}")
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            refuse_template_markers(item, what)
+    elif isinstance(value, os.PathLike):
+        refuse_template_markers(os.fspath(value), what)
+
+
+class _Unsafe(str):
+    """A string written to the extra-vars file with ansible-core's ``!unsafe`` tag: never templated."""
+
+
+class _ExtravarsDumper(yaml.SafeDumper):
+    pass
+
+
+_ExtravarsDumper.add_representer(_Unsafe, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value),
+                                                                                        style='"'))
+
+
+def _mark_unsafe(value: Any) -> Any:
+    if isinstance(value, str):
+        return _Unsafe(value)
+    if isinstance(value, Mapping):
+        return {str(k): _mark_unsafe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mark_unsafe(v) for v in value]
+    return value
+
+
+def write_extravars(path: Path, extravars: Mapping[str, Any]) -> None:
+    """Write ``extravars`` to a new 0600 YAML file, every string tagged ``!unsafe``.
+
+    ansible-runner passes ``env/extravars`` as ``-e @file``: the values never appear on the
+    ``ansible-playbook`` command line (``ps``), and ansible-core never renders them."""
+    text = yaml.dump(_mark_unsafe(dict(extravars)), Dumper=_ExtravarsDumper, default_flow_style=False,
+                     allow_unicode=False, sort_keys=True)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write("---\n" + text)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the password (or token) inside any ``scheme://user:password@`` URL redacted."""
+    def repl(m: re.Match[str]) -> str:
+        user = m.group("userinfo").split(":", 1)[0]
+        return f"{m.group('scheme')}{user}:{REDACTED}@" if ":" in m.group("userinfo") else \
+            f"{m.group('scheme')}{REDACTED}@"
+    return _URL_CREDENTIALS.sub(repl, text)
+
+
+def redact(value: Any, _depth: int = 0) -> Any:
+    """``value`` with secret-named keys and URL credentials redacted (events and artifacts)."""
+    if _depth > 64:
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: (REDACTED if isinstance(k, str) and _SECRET_NAME.search(k) and v not in (None, "")
+                    and not isinstance(v, bool) else redact(v, _depth + 1)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v, _depth + 1) for v in value]
+    return value
+
+
+def child_env(runner_env: Mapping[str, str], ours: Mapping[str, str],
+              parent: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The playbook's environment: what the driver and ansible-runner set, plus a short allow-list
+    of the driver's own (locale, proxies, ``ANSIBLE_*``); nothing else of the caller's environment."""
+    parent = os.environ if parent is None else parent
+    keep = {}
+    for key, value in runner_env.items():
+        inherited = key in parent and parent[key] == value and key not in ours
+        if not inherited or key in ENV_PASSTHROUGH or key.startswith(ENV_PASSTHROUGH_PREFIXES):
+            keep[key] = value
+    return keep
 
 
 def data_dir() -> Path:
@@ -102,7 +213,7 @@ class JobEvent:
     @classmethod
     def from_runner(cls, ev: dict[str, Any]) -> JobEvent:
         data = ev.get("event_data") or {}
-        res = data.get("res") if isinstance(data.get("res"), dict) else {}
+        res = redact(data.get("res")) if isinstance(data.get("res"), dict) else {}
         return cls(
             counter=int(ev.get("counter") or 0), event=str(ev.get("event") or ""), created=str(ev.get("created") or ""),
             play=data.get("play"), task=data.get("task"), host=data.get("host"),
@@ -210,7 +321,26 @@ class Job:
     def _runner_status(self, data: dict[str, Any], runner_config: Any = None) -> None:
         status = str(data.get("status", ""))
         if status == "running":
+            self._scrub_command_artifact()
             self._set_status(JobStatus.RUNNING)
+
+    def _scrub_command_artifact(self) -> None:
+        """ansible-runner keeps the command line and environment in ``artifacts/<id>/command``:
+        rewrite it with secret-named variables and URL credentials redacted."""
+        path = Path(self.artifact_dir) / "command" if self.artifact_dir else None
+        if path is None or not path.is_file():
+            return
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc["env"] = redact(doc.get("env") or {})
+            doc["command"] = redact(doc.get("command") or [])
+            tmp = path.with_name(".command.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, stat.S_IRUSR | stat.S_IWUSR)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(doc, fh)
+            os.replace(tmp, path)
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)  # a copy that cannot be scrubbed is not kept
 
     def _runner_cancel(self) -> bool:
         return self._kill_at is not None and time.time() >= self._kill_at
@@ -221,13 +351,19 @@ class Job:
             handler(self, status)
 
     def _run(self, kwargs: dict[str, Any]) -> None:
+        # RunnerConfig + Runner (ansible-runner's public pair behind run_async) so the playbook's
+        # environment is pruned to child_env() before the runner spawns it and records it.
         import ansible_runner
 
         try:
-            thread, runner = ansible_runner.run_async(**kwargs)
-            thread.join()
+            config = ansible_runner.RunnerConfig(**kwargs)
+            config.prepare()
+            config.env = child_env(config.env, kwargs["envvars"])
+            runner = ansible_runner.Runner(config, event_handler=self._runner_event,
+                                           status_handler=self._runner_status, cancel_callback=self._runner_cancel)
+            self.artifact_dir = str(getattr(config, "artifact_dir", ""))
+            runner.run()
             self.rc = runner.rc
-            self.artifact_dir = str(getattr(runner.config, "artifact_dir", ""))
             final = JobStatus(runner.status) if runner.status in JobStatus.__members__.values() else JobStatus.FAILED
             if self.cancel_requested and final is not JobStatus.SUCCESSFUL:
                 final = JobStatus.CANCELED
@@ -256,11 +392,25 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+def _check_path_option(path: str | Path | None, what: str) -> None:
+    if path is not None:
+        refuse_template_markers(os.fspath(path), what)
+
+
 def start(kind: str, playbook: str, extravars: dict[str, Any], finish: Callable[[Job], Any], *,
           inventory: str | Path | None = None, graceful_cancel: bool = False, timeout: float | None = None,
           vault_password_file: str | None = None, operator: str | None = None, check: bool = False,
           event_handler: EventHandler | None = None, status_handler: StatusHandler | None = None) -> Job:
-    """Start ``playbooks/<playbook>`` in the background and return its :class:`Job`."""
+    """Start ``playbooks/<playbook>`` in the background and return its :class:`Job`.
+
+    Every extra variable is checked for template markers (:class:`BadInput`, before anything is
+    made) and written to the run's private ``env/extravars`` (0600, every string ``!unsafe``)."""
+    for name, value in extravars.items():
+        refuse_template_markers(value, name)
+    _check_path_option(inventory, "inventory")
+    _check_path_option(vault_password_file, "vault password file")
+    if operator is not None:
+        refuse_template_markers(operator, "operator")
     ident = new_job_id()
     job = Job(kind, playbook, ident, finish, graceful_cancel)
     if event_handler:
@@ -269,6 +419,7 @@ def start(kind: str, playbook: str, extravars: dict[str, Any], finish: Callable[
         job.on_status(status_handler)
     job.private_data_dir = _private_data_dir(ident)
     extravars = {**extravars, "exchpatch_cancel_file": str(job.private_data_dir / CANCEL_FILE)}
+    write_extravars(job.private_data_dir / EXTRAVARS_FILE, extravars)
     env = {
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
@@ -287,9 +438,7 @@ def start(kind: str, playbook: str, extravars: dict[str, Any], finish: Callable[
     kwargs: dict[str, Any] = dict(
         private_data_dir=str(job.private_data_dir), project_dir=str(REPO),
         playbook=str(Path("playbooks") / playbook), inventory=str(inventory or DEFAULT_INVENTORY),
-        extravars=extravars, envvars=env, ident=ident, quiet=True, cmdline=cmdline,
-        event_handler=job._runner_event, status_handler=job._runner_status, cancel_callback=job._runner_cancel,
-        timeout=timeout, suppress_env_files=True,
+        envvars=env, ident=ident, quiet=True, cmdline=cmdline, timeout=timeout, suppress_env_files=True,
     )
     job._thread = threading.Thread(target=job._run, args=(kwargs,), name=f"exchpatch-{ident}", daemon=True)
     job._thread.start()
