@@ -21,10 +21,10 @@ Three layers, applied by :meth:`Redactor.redact` to every key and value of a rec
    is prose and kept).
 3. **Learned secret values.** :meth:`Redactor.learn_from` collects the values under secret-named
    keys (extra vars, host vars, vault secrets, task results) and, from any string, URL passwords
-   (raw, percent-decoded and as the ``user:password`` pair), URL tokens, Bearer tokens and Basic
-   credentials (:func:`embedded_secrets`), so a secret that later shows up on its own in a
-   message is still caught. Each learned secret is also
-   matched in its obvious encodings: percent-encoded (``quote`` with and without ``/`` safe,
+   (raw and percent-decoded), URL tokens, Bearer tokens and Basic credentials
+   (:func:`embedded_secrets`; a URL's ``user:password`` pair only in its encodings, so the user
+   name stays readable), so a secret that later shows up on its own in a message is still caught.
+   Each learned secret is also matched in its obvious encodings: percent-encoded (``quote`` with and without ``/`` safe,
    ``quote_plus``), JSON-escaped, HTML-escaped and base64 (which covers a ``Basic`` header built
    from a learned ``user:password``).
 
@@ -206,16 +206,15 @@ def redact_syntax(text: str) -> str:
 
 
 def embedded_secrets(text: str) -> set[str]:
-    """The secrets worth learning from ``text``: URL passwords (raw, percent-decoded and as
-    ``user:password``), URL tokens, Bearer tokens and Basic credentials with their
-    ``user:password``. Values after ``password=`` and the like are cut where they stand but not
-    learned: in free text such a match is too often a word (``authentication: required``), and a
-    learned word would be cut from every record."""
+    """The secrets worth learning from ``text``: URL passwords (raw and percent-decoded), URL
+    tokens, Bearer tokens and the passwords of Basic credentials. Values after ``password=`` and
+    the like are cut where they stand but not learned: in free text such a match is too often a
+    word (``authentication: required``), and a learned word would be cut from every record."""
     found: set[str] = set()
     for m in _URL_USERINFO.finditer(text):
         user, pw = m.group("user"), m.group("pw")
         if pw:
-            found.update({pw, unquote(pw), unquote_plus(pw), f"{user}:{pw}", f"{unquote(user)}:{unquote(pw)}"})
+            found.update({pw, unquote(pw), unquote_plus(pw)})
         elif pw is None and len(user) >= MIN_SECRET_LEN and m.group("name").lower() not in LOGIN_SCHEMES:
             found.update({user, unquote(user)})
     for m in _BEARER.finditer(text):
@@ -225,8 +224,20 @@ def embedded_secrets(text: str) -> set[str]:
     for m in _BASIC.finditer(text):
         pair = _basic_pair(m.group("val"))
         if pair is not None:
-            found.update({m.group("val"), pair, pair.split(":", 1)[1]})
+            found.update({m.group("val"), pair.split(":", 1)[1]})
     return {s.strip() for s in found if s.strip() and s.strip() != REDACTED}
+
+
+def embedded_pairs(text: str) -> set[str]:
+    """The ``user:password`` pairs of the URLs in ``text`` (raw and percent-decoded): learned for
+    their encodings only (a ``Basic`` header is base64 of the pair), so that the user name of a
+    URL stays readable where the password is cut."""
+    pairs: set[str] = set()
+    for m in _URL_USERINFO.finditer(text):
+        user, pw = m.group("user"), m.group("pw")
+        if user and pw:
+            pairs.update({f"{user}:{pw}", f"{unquote(user)}:{unquote(pw)}"})
+    return pairs
 
 
 @dataclass
@@ -237,6 +248,8 @@ class Redactor:
     ``secrets`` holds the learned values themselves; their encodings are derived when matching."""
 
     secrets: set[str] = field(default_factory=set)
+    # matched in their encodings but not as they are (see embedded_pairs)
+    encoded_only: set[str] = field(default_factory=set)
     _compiled_for: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
     _pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
     _exact: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
@@ -283,15 +296,19 @@ class Redactor:
                 self.learn(data)
             for secret in embedded_secrets(data):
                 self.learn(secret)
+            self.encoded_only.update(embedded_pairs(data))
 
     def _compile(self) -> None:
-        snapshot = frozenset(self.secrets)
+        snapshot = frozenset(self.secrets) | frozenset(f"\0{p}" for p in self.encoded_only)
         if snapshot == self._compiled_for:
             return
         exact: set[str] = set()
         patterns: dict[str, str] = {}
-        for secret in snapshot:
-            for form in encodings(secret):
+        for secret in self.secrets | self.encoded_only:
+            forms = encodings(secret)
+            if secret not in self.secrets:
+                forms = {f for f in forms if f != secret and f != json.dumps(secret)[1:-1] and f != html.escape(secret)}
+            for form in forms:
                 if len(secret) >= MIN_SECRET_LEN:
                     patterns[form] = re.escape(form)
                 elif len(secret) >= BOUNDED_SECRET_LEN:

@@ -23,6 +23,8 @@ import yaml
 from testbed import fleet as tb
 from testbed.release import build_release
 
+REDACTED = "<redacted>"
+
 pytestmark = pytest.mark.fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -236,3 +238,77 @@ def test_tampering_fails_audit_playbook_naming_the_line(trail, tmp_path):
     assert res.returncode != 0 and "no audit trail at" in result["msg"]
     res, result = audit(tmp_path / "none.jsonl", "history")
     assert res.returncode == 0 and result["runs"] == []
+
+
+# --- redaction on a real run, no fleet ------------------------------------------------------
+
+SECRETS_BOOK = """
+- name: Echo every kind of secret the redaction must catch
+  hosts: vault_box
+  gather_facts: false
+  tasks:
+    - name: Print the secrets, raw and URL-encoded
+      ansible.builtin.debug:
+        msg: >-
+          token {{ api_token }} ({{ api_token | urlencode }}) feed {{ feed_url }}
+          password {{ feed_url | urlsplit('password') }} dsn {{ ledger_dsn }} conn {{ ledger_conn }}
+          cred {{ db_credential }} passphrase {{ ssh_passphrase }} ({{ ssh_passphrase | urlencode }})
+
+    - name: Fail with the secrets in the error message
+      block:
+        - name: Connect to the ledger
+          ansible.builtin.fail:
+            msg: "cannot connect to {{ ledger_dsn }} as ledger with {{ db_credential }}; token={{ api_token }}"
+      rescue:
+        - name: Note the failure
+          ansible.builtin.debug:
+            msg: "recovered from {{ ansible_failed_result.msg }}"
+"""
+
+# A 5-character token, a URL with credentials (percent-encoded @), a DSN under a dsn key, a DSN
+# under an ordinary key, a credential and a passphrase as host vars.
+TOKEN = "Zq7!x"
+FEED_URL = "https://bot:S3cr%40t-feed@feeds.example/kev.json"
+LEDGER_DSN = "postgresql://ledger:Dsn-pw-91@db.internal:5432/ledger"
+LEDGER_CONN = "postgresql://app:pgpw7@db.internal/ledger"
+CREDENTIAL = "cred-4711"
+PASSPHRASE = "open sesame/42"
+LEAKS = (TOKEN, "S3cr@t-feed", "S3cr%40t-feed", "Dsn-pw-91", "pgpw7", CREDENTIAL, PASSPHRASE)
+
+
+def test_a_real_run_writes_no_secret_and_the_redacted_trail_verifies(tmp_path):
+    """ansible-playbook with the audit callback on localhost (no fleet): none of the secrets,
+    raw or URL-encoded, reaches the audit file, and the chain verifies."""
+    from urllib.parse import quote, quote_plus
+
+    from ansible_collections.exchangeops.patching.plugins.module_utils._audit import verify
+
+    audit_file = tmp_path / "audit.jsonl"
+    (tmp_path / "book.yml").write_text(SECRETS_BOOK)
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump({"all": {"hosts": {"vault_box": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+        "db_credential": CREDENTIAL, "ssh_passphrase": PASSPHRASE}}}}))
+    (tmp_path / "extra.json").write_text(json.dumps({"api_token": TOKEN, "feed_url": FEED_URL,
+                                                     "ledger_dsn": LEDGER_DSN, "ledger_conn": LEDGER_CONN}))
+    res = playbook(audit_file, str(tmp_path / "inventory.yml"), tmp_path / "book.yml",
+                   "-e", f"@{tmp_path / 'extra.json'}", timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert TOKEN in res.stdout and "Dsn-pw-91" in res.stdout  # the secrets did go through the run
+
+    text = audit_file.read_text()
+    for secret in LEAKS:
+        for form in {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}:
+            assert form not in text, f"{form!r} reached the audit trail"
+    records = [json.loads(line) for line in text.splitlines()]
+    msgs = [r["res"]["msg"] for r in records if r.get("task") == "Print the secrets, raw and URL-encoded"
+            and r.get("event") == "runner_on_ok"]
+    # the message is kept, only its secrets are cut; user names in URLs stay
+    assert msgs and msgs[0].startswith(f"token {REDACTED} ({REDACTED}) feed https://bot:{REDACTED}@feeds.example/")
+    # a DSN under a dsn key is a secret as a whole; under an ordinary key only its password is
+    assert f"dsn {REDACTED} conn postgresql://app:{REDACTED}@db.internal/ledger" in msgs[0]
+    opened = next(r for r in records if r["kind"] == "change_opened")
+    assert opened["extra_vars"]["api_token"] == REDACTED and opened["extra_vars"]["ledger_dsn"] == REDACTED
+    failed = [r for r in records if r.get("event") == "runner_on_failed"]
+    assert failed and failed[0]["res"]["msg"] == (f"cannot connect to {REDACTED} as ledger with {REDACTED}; "
+                                                  f"token={REDACTED}")
+    assert verify(str(audit_file)) == (len(records), [])
