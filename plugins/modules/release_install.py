@@ -13,12 +13,20 @@ description:
   - Manages the releases of one exchange node root (C(exchange_node_root)) laid out as
     C(releases/<version>/) folders, a relative C(current -> releases/<version>) symlink and a
     C(data/) folder that is never inside a release and never touched by this module.
-  - A missing release is unpacked from O(artifact), a tarball already on the node whose SHA-256 is
-    re-checked against O(sha256) first. The archive is refused when a member could land outside
-    the release folder (absolute path, C(..), link pointing outside, device) or when its
-    C(RELEASE.json) names another version or component. It is unpacked into a hidden temporary
-    folder inside C(releases/) and renamed to C(releases/<version>), so a half-unpacked release is
-    never visible.
+  - A missing release is unpacked from O(artifact), a tarball already on the node. It is first
+    copied into a fresh private (0700) folder, hashed while copying, and the copy's SHA-256 checked
+    against O(sha256); the manifest is read and the release unpacked from that copy only, so the
+    staged file cannot be swapped between the check and the use. The artifact must be a regular
+    file of at most O(max_artifact_size) bytes.
+  - The archive is refused when a member could land outside the release folder. Every member's
+    destination is resolved, following the symlinks earlier members made, and must stay inside;
+    absolute names, C(..), links pointing outside, hard links to anything but an earlier file of
+    the archive, devices and FIFOs are refused, and so are more than O(max_members) members or
+    more than O(max_unpacked_size) bytes. It is then extracted with Python's C(data) filter (a
+    Python without it, older than 3.11.4, is refused). A C(RELEASE.json) naming another version
+    or component is refused too.
+  - It is unpacked into a hidden temporary folder inside C(releases/) and renamed to
+    C(releases/<version>), so a half-unpacked release is never visible.
   - With O(state=current), C(current) is switched by renaming a fresh relative symlink onto it
     (one atomic C(rename)); the service must be restarted to run the new code.
   - Rollback is O(state=current) with the O(version) of a release still on the node and no
@@ -78,6 +86,21 @@ options:
         target) and O(version). The newest are kept, the rest deleted. V(0) keeps only those.
     type: int
     default: 3
+  max_artifact_size:
+    description:
+      - The largest artifact accepted, in bytes.
+    type: int
+    default: 1073741824
+  max_members:
+    description:
+      - The most members (files, folders, links) the archive may hold.
+    type: int
+    default: 100000
+  max_unpacked_size:
+    description:
+      - The most bytes of file data the archive may unpack to.
+    type: int
+    default: 4294967296
 seealso:
   - module: exchangeops.patching.release_verify
 """
@@ -154,6 +177,7 @@ release_dir:
   sample: /srv/exchange/releases/1.4.3
 """
 
+import contextlib
 import os
 
 from ansible.module_utils.basic import AnsibleModule
@@ -179,6 +203,9 @@ def main() -> None:
             component=dict(type="str"),
             state=dict(type="str", choices=["present", "current"], default="present"),
             keep=dict(type="int", default=3),
+            max_artifact_size=dict(type="int", default=_release.DEFAULT_MAX_ARTIFACT_SIZE),
+            max_members=dict(type="int", default=_release.DEFAULT_MAX_MEMBERS),
+            max_unpacked_size=dict(type="int", default=_release.DEFAULT_MAX_UNPACKED_SIZE),
         ),
         required_by=dict(artifact="sha256"),
         supports_check_mode=True,
@@ -189,44 +216,58 @@ def main() -> None:
         module.fail_json(msg=f"root: {root} is not a folder; set exchange_node_root to the node's root folder")
     if params["keep"] < 0:
         module.fail_json(msg=f"keep: {params['keep']} is negative; keep 0 or more older releases")
+    for limit in ("max_artifact_size", "max_members", "max_unpacked_size"):
+        if params[limit] <= 0:
+            module.fail_json(msg=f"{limit}: {params[limit]} is not a limit; give a number > 0")
+    limits = dict(max_members=params["max_members"], max_unpacked_size=params["max_unpacked_size"])
     release_dir = os.path.join(_release.releases_dir(root), version)
     try:
-        _release.check_version(version)
-        before_link = _release.current_target(root)
-        before = _release.current_version(root)
-        releases_before = _release.list_releases(root)
-        installed = version in releases_before
-        if os.path.lexists(release_dir) and not installed:
-            raise _release.ReleaseError(f"{release_dir}: exists but is not a release folder (a file or a symlink); "
-                                        "move it away and run again")
-        component = _expected_component(root, before, params["component"])
-        if artifact:
-            _release.check_sha256(artifact, params["sha256"])
-            if not installed:
-                _release.check_manifest(_release.archive_manifest(artifact), artifact, version, component)
-        elif not installed:
-            raise _release.ReleaseError(f"{release_dir}: is not unpacked and no artifact was given; pass artifact "
-                                        "and sha256 to install it (without them only a release still on the node "
-                                        "can be switched to)")
-        if installed:
-            _release.check_manifest(_release.release_manifest(release_dir), release_dir, version, component)
+        with contextlib.ExitStack() as stack:
+            _release.check_version(version)
+            before_link = _release.current_target(root)
+            before = _release.current_version(root)
+            releases_before = _release.list_releases(root)
+            installed = version in releases_before
+            if os.path.lexists(release_dir) and not installed:
+                raise _release.ReleaseError(f"{release_dir}: exists but is not a release folder (a file or a "
+                                            "symlink); move it away and run again")
+            component = _expected_component(root, before, params["component"])
+            copy = None
+            if artifact and installed:
+                _release.check_sha256(artifact, params["sha256"], params["max_artifact_size"])
+            elif artifact:
+                # One private copy is hashed, read and unpacked: no swap between check and use. In check
+                # mode it goes to the system's temp folder, so the node root is not written at all.
+                folder = _release.releases_dir(root)
+                parent = folder if os.path.isdir(folder) and not module.check_mode else None
+                copy = stack.enter_context(_release.private_copy(artifact, params["sha256"],
+                                                                 params["max_artifact_size"], parent))
+                _release.check_manifest(_release.archive_manifest(copy, artifact, **limits), artifact, version,
+                                        component)
+            else:
+                if not installed:
+                    raise _release.ReleaseError(f"{release_dir}: is not unpacked and no artifact was given; pass "
+                                                "artifact and sha256 to install it (without them only a release "
+                                                "still on the node can be switched to)")
+            if installed:
+                _release.check_manifest(_release.release_manifest(release_dir), release_dir, version, component)
 
-        unpack = not installed
-        switch = state == "current" and before != version
-        after = version if state == "current" else before
-        releases_after = sorted({*releases_before, version}, key=_release.version_key)
-        rollback_to = before if switch else _release.rollback_target(releases_after, after)
-        pruned = _release.prune_plan(releases_after, after, rollback_to, params["keep"], protect=(version,))
-        releases_final = [r for r in releases_after if r not in pruned]
-        changed = unpack or switch or bool(pruned)
+            unpack = not installed
+            switch = state == "current" and before != version
+            after = version if state == "current" else before
+            releases_after = sorted({*releases_before, version}, key=_release.version_key)
+            rollback_to = before if switch else _release.rollback_target(releases_after, after)
+            pruned = _release.prune_plan(releases_after, after, rollback_to, params["keep"], protect=(version,))
+            releases_final = [r for r in releases_after if r not in pruned]
+            changed = unpack or switch or bool(pruned)
 
-        if changed and not module.check_mode:
-            if unpack:
-                _release.unpack_release(artifact, root, version, component)
-            if switch:
-                _release.switch_current(root, version)
-            for old in pruned:
-                _release.remove_release(root, old)
+            if changed and not module.check_mode:
+                if unpack:
+                    _release.unpack_release(copy, root, version, component, artifact, **limits)
+                if switch:
+                    _release.switch_current(root, version)
+                for old in pruned:
+                    _release.remove_release(root, old)
     except _release.ReleaseError as e:
         module.fail_json(msg=str(e))
     except OSError as e:
