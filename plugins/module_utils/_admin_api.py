@@ -82,7 +82,7 @@ class AdminApiError(Exception):
         self.fix = fix
         self.status = status
         self.document = document
-        super().__init__(f"{method} {url}: {message}; {fix}")
+        super().__init__(f"{method} {url}: {message}; {fix}" if method else f"{url}: {message}; {fix}")
 
     @property
     def permanent(self) -> bool:
@@ -159,7 +159,7 @@ class AdminApi:
     # ------------------------------------------------------------------ options
 
     def _config_error(self, message: str, fix: str) -> AdminApiError:
-        return AdminApiError("-", redact_url(self.base) or "<empty url>", "config", message, fix)
+        return AdminApiError("", redact_url(self.base) or "<empty url>", "config", message, fix)
 
     def _check_options(self) -> None:
         try:
@@ -345,6 +345,14 @@ class AdminApi:
                                f"({_one_line(reason.verify_message or str(reason))})",
                                "set ca_path (exchange_admin_ca_path) to the CA that signed it, or fix the "
                                "certificate; validate_certs=false only on a test bench")
+        if isinstance(reason, (ssl.SSLEOFError, ConnectionResetError)) and self.base.startswith("https:"):
+            # TLS 1.3: a node that wants a client certificate (or distrusts ours) may just hang up
+            cert = ("it may not trust the client certificate: check client_cert and client_key"
+                    if self.tls.client_cert else
+                    "it may require a client certificate: set client_cert and client_key")
+            return self._error(method, url, "unreachable", "the node closed the TLS connection "
+                               f"({_one_line(str(reason))})", f"{cert} (exchange_admin_client_cert, "
+                               "exchange_admin_client_key), or the node restarted")
         if isinstance(reason, ssl.SSLError) or isinstance(e, UrlsConnectionError):
             text = _one_line(getattr(reason, "reason", None) or str(reason))
             if "CERTIFICATE_REQUIRED" in text.upper() or "certificate required" in text.lower():
