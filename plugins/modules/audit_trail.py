@@ -249,6 +249,7 @@ from ansible_collections.exchangeops.patching.plugins.module_utils._audit import
     verify,
     write_text_atomic,
 )
+from ansible_collections.exchangeops.patching.plugins.module_utils._redact import redact
 from ansible_collections.exchangeops.patching.plugins.module_utils._report import render_html
 
 
@@ -315,7 +316,8 @@ def main() -> None:
             module.exit_json(**run_report(module, path))
         runs = group_runs(read_records(path))
         if action == "history":
-            module.exit_json(changed=False, file=path, runs=history(runs))
+            # the callback redacted the records; this also cleans trails written before its rules
+            module.exit_json(changed=False, file=path, runs=redact(history(runs)))
         try:
             now = parse_ts(module.params["now"]) if module.params["now"] else None
         except ValueError:

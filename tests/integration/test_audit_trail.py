@@ -312,3 +312,11 @@ def test_a_real_run_writes_no_secret_and_the_redacted_trail_verifies(tmp_path):
     assert failed and failed[0]["res"]["msg"] == (f"cannot connect to {REDACTED} as ledger with {REDACTED}; "
                                                   f"token={REDACTED}")
     assert verify(str(audit_file)) == (len(records), [])
+    # the trail, read back through audit.yml: it verifies, and neither history nor report leaks
+    res, result = audit(audit_file, "verify")
+    assert res.returncode == 0 and result["ok"] is True
+    res, result = audit(audit_file, "report", "-e", f"audit_dest={tmp_path / 'report.html'}")
+    assert res.returncode == 0
+    html = (tmp_path / "report.html").read_text()
+    for secret in LEAKS:
+        assert secret not in html and quote(secret) not in html
