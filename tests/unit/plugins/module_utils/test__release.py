@@ -382,3 +382,213 @@ def test_rollback_target():
     assert _release.rollback_target(["1.0", "1.1", "1.2"], "1.0") == "1.2"
     assert _release.rollback_target(["1.0"], "1.0") is None
     assert _release.rollback_target(["1.0", "1.1"], None) == "1.1"
+
+
+# --------------------------------------------------------------------------- catalog bound to the signed manifest
+
+
+FACTS = {"component": COMPONENT, "version": "1.4.2", "fixes": [], "migration": "none", "restart": "service"}
+
+
+def test_verify_release_reads_the_manifest_from_the_verified_bytes(dirs):
+    built = build_release(dirs["out"], dirs["keys"], dirs["catalog"], COMPONENT, "1.4.2",
+                          fixes=["CVE-2026-2222", "CVE-2026-1111"], migration="forward_compatible")
+    digest, manifest = _release.verify_release(built.artifact, built.sha256, built.signature, pubkey(dirs))
+    assert digest == built.sha256
+    assert {k: manifest[k] for k in _release.MANIFEST_FACTS} == {
+        **FACTS, "fixes": ["CVE-2026-1111", "CVE-2026-2222"], "migration": "forward_compatible"}
+
+
+def test_the_issues_attack_is_refused(dirs):
+    """A hotfix entry pointing at the real signed 1.4.2 artifact, claiming two CVEs 1.4.2 does not fix."""
+    built = build(dirs, "1.4.2")
+    _, manifest = _release.verify_release(built.artifact, built.sha256, built.signature, pubkey(dirs))
+    entry = {**FACTS, "fixes": ["CVE-2026-31337", "CVE-2026-31338"]}
+    where = "patches/matching-engine-1.9.9-hotfix.yml: matching-engine-1.9.9-hotfix"
+    with pytest.raises(_release.ManifestMismatchError) as e:
+        _release.check_against_manifest(entry, manifest, where)
+    assert e.value.fields == ["fixes"]
+    assert str(e.value) == (
+        f'{where}: fixes ["CVE-2026-31337", "CVE-2026-31338"] in the catalog, but the signed manifest says []; '
+        "the catalog must describe the release that was signed: correct the entry, or build and sign a release "
+        "that carries these facts")
+    # the same entry calling itself 1.9.9 is refused on the version too
+    with pytest.raises(_release.ManifestMismatchError) as e:
+        _release.check_against_manifest({**entry, "version": "1.9.9"}, manifest, where)
+    assert e.value.fields == ["version", "fixes"]
+    assert str(e.value).startswith(f'{where}: version "1.9.9" in the catalog, but the signed manifest says "1.4.2"; ')
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("component", "wallet-signer"),
+    ("version", "1.9.9"),
+    ("fixes", ["CVE-2026-1111"]),
+    ("migration", "irreversible"),
+    ("restart", "none"),
+])
+def test_each_lying_catalog_field_is_named(field, value):
+    with pytest.raises(_release.ManifestMismatchError, match=rf"^x.yml: p: {field} ") as e:
+        _release.check_against_manifest({**FACTS, field: value}, {**FACTS, "fault": None}, "x.yml: p")
+    assert e.value.fields == [field]
+
+
+def test_an_agreeing_entry_passes_whatever_the_order_of_its_fixes():
+    manifest = {**FACTS, "fixes": ["CVE-2026-1111", "CVE-2026-2222"]}
+    _release.check_against_manifest({**FACTS, "fixes": ["CVE-2026-2222", "CVE-2026-1111"]}, manifest, "x")
+    _release.check_against_manifest({"version": "1.4.2"}, manifest, "x")  # only the facts given are compared
+
+
+@pytest.mark.parametrize("manifest", [
+    {"component": COMPONENT, "version": "1.4.2", "fault": None},  # built before manifests carried the facts
+    {**FACTS, "fixes": "CVE-2026-1111"},
+    {**FACTS, "restart": ""},
+])
+def test_a_manifest_without_the_facts_is_refused(manifest):
+    with pytest.raises(_release.ManifestMismatchError, match=re.escape("rebuild the release with the release builder")):
+        _release.check_against_manifest(FACTS, manifest, "x.yml: p")
+
+
+# --------------------------------------------------------------------------- pinned key, downgrade
+
+
+def test_one_key_for_the_fleet(dirs, tmp_path):
+    key = pubkey(dirs)
+    assert _release.check_pinned_key({"me-0a": key, "me-0b": key.strip() + "\n\n", "wallet-0": "  " + key}) \
+        == _release._normal_pem(key)
+    other = ensure_signing_key(tmp_path / "other")[1].read_text()
+    with pytest.raises(ReleaseVerifyError) as e:
+        _release.check_pinned_key({"me-0a": key, "me-0b": key, "wallet-0": other})
+    assert str(e.value).startswith("exchange_release_pubkey: wallet-0 pins a different release key than the rest "
+                                   "of the fleet (sha256:")
+    assert str(e.value).endswith("set the same exchange_release_pubkey for every host (group_vars/all) and run again")
+    with pytest.raises(ReleaseVerifyError, match=re.escape("exchange_release_pubkey: not set for me-0b, wallet-0;")):
+        _release.check_pinned_key({"me-0a": key, "me-0b": "", "wallet-0": None})
+
+
+def test_downgrade_is_refused_unless_allowed_with_a_reason():
+    running = {"me-0a": "1.4.3", "me-0b": "1.4.2", "me-1a": "1.10.0"}
+    assert _release.check_downgrade("1.10.0", running) == {}
+    assert _release.check_downgrade("1.11.0-rc1", running) == {}
+    with pytest.raises(_release.DowngradeError) as e:
+        _release.check_downgrade("1.4.2", running, where="x.yml: p")
+    assert str(e.value) == (
+        "x.yml: p: version 1.4.2 is older than the fleet runs (me-0a runs 1.4.3, me-1a runs 1.10.0): a downgrade, "
+        "not a patch; go back with playbooks/rollback.yml, or, to install the older release on purpose, allow it "
+        "with a reason (preflight_allow_downgrade=true and preflight_reason)")
+    with pytest.raises(_release.DowngradeError, match=re.escape("no reason is given; say why in preflight_reason")):
+        _release.check_downgrade("1.4.2", running, allow=True, reason="  ")
+    assert _release.check_downgrade("1.4.2", running, allow=True, reason="1.4.3 corrupts books") == {
+        "me-0a": "1.4.3", "me-1a": "1.10.0"}
+
+
+# --------------------------------------------------------------------------- archives: resolved destinations, caps
+
+
+def test_symlink_chain_escape_is_caught_without_the_data_filter(tmp_path):
+    """s -> ., s/esc -> .., s/esc/PWNED: each link looks harmless as text; resolved, the chain leaves the folder."""
+    chain = [member("s", tarfile.SYMTYPE, "."), member("s/esc", tarfile.SYMTYPE, ".."), member("s/esc/PWNED")]
+    with pytest.raises(UnsafeArchiveError, match=re.escape("member 's/esc' is a symlink to '..', outside the release")):
+        _release.check_members(chain, "evil.tar.gz")
+    # the checker is pure: no extraction, so the data filter plays no part
+    with pytest.raises(UnsafeArchiveError, match=re.escape("lands outside the release through a symlink")):
+        _release.check_members([member("up", tarfile.SYMTYPE, "a/.."), member("a", tarfile.SYMTYPE, "."),
+                                member("up/PWNED")], "evil.tar.gz")
+
+
+def test_a_later_link_that_turns_an_earlier_one_outward_is_caught():
+    members = [member("a", tarfile.SYMTYPE, "b/.."), member("b", tarfile.SYMTYPE, ".")]
+    with pytest.raises(UnsafeArchiveError, match=re.escape("symlink 'a' -> 'b/..' resolves outside the release")):
+        _release.check_members(members, "evil.tar.gz")
+
+
+def test_links_and_files_through_inside_links_are_allowed():
+    members = [member("lib", tarfile.DIRTYPE), member("lib/real.py"), member("cur", tarfile.SYMTYPE, "lib"),
+               member("cur/more.py"), member("bin/hard.py", tarfile.LNKTYPE, "cur/real.py")]
+    assert _release.check_members(members, "ok.tar.gz") == members
+
+
+@pytest.mark.parametrize(("members", "match"), [
+    ([member("x"), member("x", tarfile.SYMTYPE, "y")], "is a link replacing an earlier member ('x')"),
+    ([member("lib/a"), member("lib", tarfile.SYMTYPE, ".")], "is a link replacing an earlier member ('lib')"),
+    ([member("h", tarfile.LNKTYPE, "later")], "hard link to 'later', outside the release (or not to an earlier"),
+    ([member("s", tarfile.SYMTYPE, "."), member("h", tarfile.LNKTYPE, "s/../../etc/passwd")],
+     "hard link to 's/../../etc/passwd', outside the release"),
+])
+def test_links_that_replace_or_reach_out_are_refused(members, match):
+    with pytest.raises(UnsafeArchiveError, match=re.escape(match)):
+        _release.check_members(members, "evil.tar.gz")
+
+
+def test_member_count_and_unpacked_size_are_capped():
+    many = (member(f"f{i}") for i in range(10**9))  # consumed lazily: the cap stops the read
+    with pytest.raises(UnsafeArchiveError, match=re.escape("evil.tar.gz: holds more than 50 members")):
+        _release.check_members(many, "evil.tar.gz", max_members=50)
+    big = member("big")
+    big.size = 5 << 30
+    with pytest.raises(UnsafeArchiveError, match=re.escape("evil.tar.gz: unpacks to more than 4.0 GiB")):
+        _release.check_members([big], "evil.tar.gz")
+
+
+def test_unpack_refuses_a_python_without_the_data_filter(dirs, monkeypatch):
+    built = build(dirs, "1.4.3")
+    root = node_root(dirs, "1.4.2", current="1.4.2")
+    monkeypatch.delattr(tarfile, "data_filter")
+    with pytest.raises(ReleaseError, match=re.escape("has no tarfile data filter, so an archive cannot be unpacked")):
+        _release.unpack_release(built.artifact, root, "1.4.3")
+    assert sorted(os.listdir(os.path.join(root, "releases"))) == ["1.4.2"]
+
+
+def test_unpack_chain_archive_writes_nothing_outside(dirs, tmp_path):
+    root = node_root(dirs, "9.9.8", current="9.9.8")
+    path = tarball(tmp_path / "chain.tar.gz", [
+        (member("RELEASE.json"), MANIFEST), (member("s", tarfile.SYMTYPE, "."), None),
+        (member("s/esc", tarfile.SYMTYPE, ".."), None), (member("s/esc/PWNED"), b"owned\n")])
+    with pytest.raises(UnsafeArchiveError):
+        _release.unpack_release(path, root, "9.9.9")
+    assert not list(Path(root).rglob("PWNED")) and not (Path(root).parent / "PWNED").exists()
+    assert sorted(os.listdir(os.path.join(root, "releases"))) == ["9.9.8"]
+
+
+# --------------------------------------------------------------------------- artifacts: regular files, caps, copy
+
+
+def test_artifacts_must_be_regular_files(dirs, tmp_path):
+    built = build(dirs)
+    fifo = tmp_path / "fifo.tar.gz"
+    os.mkfifo(fifo)
+    for path, kind in (("/dev/zero", "a character device"), (str(fifo), "a FIFO"), (str(tmp_path), "a folder")):
+        expected = f"{path}: is {kind}, not a regular file; point the catalog entry's artifact.url at the release"
+        with pytest.raises(ReleaseError, match=re.escape(expected)):
+            _release.verify_artifact(path, built.sha256, built.signature, pubkey(dirs))
+        with pytest.raises(ReleaseError, match=re.escape(expected)):
+            _release.sha256_file(path)
+        with pytest.raises(ReleaseError, match=re.escape(expected)), _release.private_copy(path, built.sha256):
+            pass
+
+
+def test_artifact_size_is_capped(dirs):
+    built = build(dirs)
+    size = os.path.getsize(built.artifact)
+    expected = f"{built.artifact}: is {_release.human_size(size)}, over the 1.0 KiB limit for a release artifact"
+    with pytest.raises(ReleaseError, match=re.escape(expected)):
+        _release.verify_artifact(built.artifact, built.sha256, built.signature, pubkey(dirs), max_size=1024)
+    with pytest.raises(ReleaseError, match=re.escape("raise max_artifact_size")):
+        _release.check_sha256(built.artifact, built.sha256, max_size=1024)
+
+
+def test_private_copy_is_private_checked_and_removed(dirs, tmp_path):
+    built = build(dirs, "1.4.3")
+    staged = tmp_path / "staged.tar.gz"
+    shutil.copyfile(built.artifact, staged)
+    with _release.private_copy(str(staged), built.sha256, parent=str(tmp_path)) as copy:
+        folder = os.path.dirname(copy)
+        assert os.stat(folder).st_mode & 0o777 == 0o700
+        assert os.stat(copy).st_mode & 0o777 == 0o600
+        # whoever can write the staged file swaps it now: the copy, already checked, is what gets used
+        staged.write_bytes(b"evil")
+        assert _release.archive_manifest(copy, str(staged))["version"] == "1.4.3"
+    assert not os.path.exists(folder)
+    with pytest.raises(ReleaseVerifyError, match=re.escape(f"{staged}: sha256 does not match the catalog")), \
+            _release.private_copy(str(staged), built.sha256, parent=str(tmp_path)):
+        pass
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".artifact.")] == []
