@@ -79,8 +79,10 @@ NOT_SECRETS = frozenset({"true", "false", "yes", "no", "on", "off", "none", "nul
 LOGIN_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git", "sftp", "scp", "rsync", "telnet"})
 
 _WORD = "A-Za-z0-9"
+# Every pattern that starts with a run of characters is anchored at the start of that run (a
+# lookbehind), so a long blob of letters costs linear time, not quadratic.
 _URL_USERINFO = re.compile(
-    r"(?P<scheme>(?P<name>[A-Za-z][A-Za-z0-9+.-]*)://)"
+    r"(?<![A-Za-z0-9+.-])(?P<scheme>(?P<name>[A-Za-z][A-Za-z0-9+.-]*)://)"
     r"(?P<user>[^\s:/?#@'\"<>]*)(?::(?P<pw>[^\s/?#'\"<>]*))?@"
 )
 _BEARER = re.compile(r"\b(?P<word>[Bb]earer)(?P<sep>\s+)(?P<val>[^\s\"',;<>]+)")
@@ -93,11 +95,12 @@ _PROSE_KEYS = frozenset({"auth", "authentication", "authenticated", "authenticat
 _SCHEME_PREFIX = re.compile(r"^(?:[Bb]earer|[Bb]asic|[Tt]oken|[Dd]igest)\s+")
 _SCHEMES = r"(?:(?:[Bb]earer|[Bb]asic|[Tt]oken|[Dd]igest)\s+)?"
 _KEY_EQ = re.compile(
-    r"(?P<key>[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>[ \t]*=[ \t]*)"
+    r"(?<![A-Za-z0-9_.-])-*(?P<key>[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>[ \t]*=[ \t]*)"
     r"(?P<val>\"[^\"\n]*\"|'[^'\n]*'|" + _SCHEMES + r"[^\s&;,'\"<>=)\]}][^\s&;,'\"<>)\]}]*)"
 )
 _KEY_COLON = re.compile(
-    r"(?P<key>[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>:[ \t]+)(?P<val>" + _SCHEMES + r"[^\s'\"<>,;{}\[\]]+)"
+    r"(?<![A-Za-z0-9_.-])-*(?P<key>[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>:[ \t]+)"
+    r"(?P<val>" + _SCHEMES + r"[^\s'\"<>,;{}\[\]]+)"
 )
 _KEY_QUOTED = re.compile(
     r"(?P<q>[\"'])(?P<key>[^\"'\\\n]{1,100})(?P=q)(?P<sep>\s*:\s*)"
@@ -251,7 +254,9 @@ class Redactor:
     # matched in their encodings but not as they are (see embedded_pairs)
     encoded_only: set[str] = field(default_factory=set)
     _compiled_for: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
-    _pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _patterns: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _regexes: dict[tuple[str, ...], re.Pattern[str]] = field(default_factory=dict, init=False, repr=False,
+                                                             compare=False)
     _exact: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def learn(self, value: Any) -> None:
@@ -316,8 +321,8 @@ class Redactor:
                 else:
                     exact.add(form)
         # longest first: at one position the alternation takes the first branch that matches
-        ordered = sorted(patterns, key=lambda f: (-len(f), f))
-        self._pattern = re.compile("|".join(patterns[f] for f in ordered)) if ordered else None
+        self._patterns = {f: patterns[f] for f in sorted(patterns, key=lambda f: (-len(f), f))}
+        self._regexes = {}
         self._exact = frozenset(exact)
         self._compiled_for = snapshot
 
@@ -349,8 +354,15 @@ class Redactor:
         self._compile()
         if text.strip() in self._exact:
             return REDACTED
-        if self._pattern is not None:
-            pattern = self._pattern
+        # a plain substring search first: one regex over hundreds of alternatives would try
+        # every one at every position of a long stdout
+        present = tuple(f for f in self._patterns if f in text)
+        if present:
+            pattern = self._regexes.get(present)
+            if pattern is None:
+                if len(self._regexes) > 256:
+                    self._regexes.clear()
+                pattern = self._regexes[present] = re.compile("|".join(self._patterns[f] for f in present))
             text = REDACTED.join(pattern.sub(REDACTED, part) for part in text.split(REDACTED))
         return redact_syntax(text)
 

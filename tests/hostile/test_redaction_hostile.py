@@ -149,3 +149,15 @@ def test_report_of_an_old_unredacted_trail_does_not_show_its_secrets():
     for secret in ("hunter22", "letmein", "tok12345", "t0k"):
         assert secret not in html
     assert redact(records) == redact(redact(records))
+
+
+@pytest.mark.parametrize("blob", ["a" * 200_000, "a-" * 100_000, "a:" * 100_000, "a=" * 100_000,
+                                  "http://" * 30_000, "Bearer " * 30_000],
+                         ids=["letters", "dashes", "colons", "equals", "schemes", "bearers"])
+def test_a_huge_blob_in_stdout_is_redacted_in_one_linear_pass(blob):
+    # a regex that retried every start position of a letter run took minutes on 200 kB here;
+    # no timing is asserted: a regression shows as a hung test
+    r = Redactor()
+    r.learn_from({"token": "s3cr3t-blob"})
+    out = r.redact({"stdout": blob + " s3cr3t-blob"})
+    assert out["stdout"].endswith(f" {REDACTED}")
