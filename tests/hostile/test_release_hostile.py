@@ -226,3 +226,79 @@ def test_a_truthful_entry_and_an_allowed_downgrade_pass(tmp_path, signed):
     assert [r.get("failed", False) for r in results] == [False, False], results
     assert results[0]["manifest"]["fixes"] == ["CVE-2026-31337"] and results[0]["downgrade"] is False
     assert results[1]["downgrade"] is True and results[1]["downgrade_from"] == {"me-0a": "1.4.3"}
+
+
+# --------------------------------------------------------------------------- through preflight, on a testbed fleet
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    from testbed import fleet as tb
+
+    with tb.running(tmp_path_factory.mktemp("hostile-release"), shards=1, wallets=1, net=200 + os.getpid() % 10) as f:
+        yield f
+
+
+def rolling_patch(f, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    return subprocess.run([str(BIN / "ansible-playbook"), "-i", f.inventory_dir,
+                           str(REPO / "playbooks" / "rolling_patch.yml"), *extra],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=400, check=False)
+
+
+@pytest.mark.fleet
+def test_preflight_refuses_lying_catalog_downgrade_and_second_key_touching_nothing(fleet, tmp_path):
+    import yaml
+
+    from testbed import fleet as tb
+
+    root = Path(fleet.root)
+
+    def state() -> dict[str, Any]:
+        return {"versions": {n.name: tb.node_status(n).get("version") for n in fleet.nodes},
+                "current": {n.name: os.readlink(Path(n.root) / "current") for n in fleet.nodes},
+                "locks": sorted(p.name for p in (root / "locks").glob("*.lock"))}
+
+    before = state()
+    assert set(before["versions"].values()) == {"1.4.2", "2.3.0"}
+
+    # The attack: a "hotfix" entry for the real signed 1.4.2 the fleet runs, claiming two CVEs.
+    real = yaml.safe_load((root / "catalog" / "baseline" / "matching-engine-1.4.2.yml").read_text())
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    lie = {**real, "id": "matching-engine-1.9.9-hotfix", "fixes": ["CVE-2026-31337", "CVE-2026-31338"]}
+    (catalog / "matching-engine-1.9.9-hotfix.yml").write_text("---\n" + yaml.safe_dump(lie, sort_keys=False))
+    res = rolling_patch(fleet, "-e", "patch_id=matching-engine-1.9.9-hotfix", "-e", f"preflight_catalog={catalog}")
+    assert res.returncode != 0
+    assert "matching-engine-1.9.9-hotfix: fixes [" in res.stdout, res.stdout[-3000:]
+    assert "in the catalog, but the signed manifest says []" in res.stdout
+    assert state() == before
+
+    # A downgrade below the running 1.4.2: refused, unless allowed with a reason (checked in --check).
+    old = build_release(root / "releases", root / "keys", root / "catalog", COMPONENT, "1.4.1").id
+    res = rolling_patch(fleet, "-e", f"patch_id={old}")
+    assert res.returncode != 0
+    assert "version 1.4.1 is older than the fleet runs" in res.stdout and "playbooks/rollback.yml" in res.stdout, \
+        res.stdout[-3000:]
+    assert state() == before
+    res = rolling_patch(fleet, "-e", f"patch_id={old}", "-e", "preflight_allow_downgrade=true")
+    assert res.returncode != 0 and "no reason is given" in res.stdout, res.stdout[-3000:]
+    res = rolling_patch(fleet, "-e", f"patch_id={old}", "-e", "preflight_allow_downgrade=true",
+                        "-e", "preflight_reason=1.4.2 miscomputes fees", "--check")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert state() == before
+
+    # One wallet node pins another release key: the whole run stops, naming it.
+    wallet = next(n.name for n in fleet.nodes if n.component == "wallet-signer")
+    host_vars = Path(fleet.inventory_dir) / "host_vars"
+    host_vars.mkdir(exist_ok=True)
+    other = ensure_signing_key(tmp_path / "other-keys")[1].read_text()
+    (host_vars / f"{wallet}.yml").write_text("---\n" + yaml.safe_dump({"exchange_release_pubkey": other}))
+    try:
+        new = build_release(root / "releases", root / "keys", root / "catalog", COMPONENT, "1.4.3").id
+        res = rolling_patch(fleet, "-e", f"patch_id={new}")
+    finally:
+        (host_vars / f"{wallet}.yml").unlink()
+    assert res.returncode != 0
+    assert f"exchange_release_pubkey: {wallet} pins a different release key" in res.stdout, res.stdout[-3000:]
+    assert state() == before
