@@ -161,6 +161,23 @@ def test_verify_bad_signature_fails_and_changes_nothing(dirs, pubkey, work):
     assert snapshot(dirs["out"]) == before
 
 
+def test_verify_returns_the_signed_manifest_and_binds_the_catalog_to_it(dirs, pubkey):
+    built = build_release(dirs["out"], dirs["keys"], dirs["catalog"], COMPONENT, "1.1.0", fixes=["CVE-2026-31337"])
+    facts = {"component": COMPONENT, "version": "1.1.0", "fixes": ["CVE-2026-31337"], "migration": "none",
+             "restart": "service"}
+    args = {"artifact": built.artifact, "sha256": built.sha256, "signature": built.signature, "public_key": pubkey,
+            "entry": "catalog/x.yml: matching-engine-1.1.0"}
+    res = ansible("release_verify", {**args, "expect": facts, "running": {"me-0a": "1.0.0"}})
+    assert not res.get("failed"), res
+    assert {k: res["manifest"][k] for k in facts} == facts
+    assert (res["downgrade"], res["downgrade_from"]) == (False, {})
+    res = ansible("release_verify", {**args, "expect": {**facts, "version": "1.2.0", "restart": "system"}})
+    assert res["failed"] is True and res["verified"] is False and res["mismatch"] == ["version", "restart"]
+    assert res["msg"].startswith('catalog/x.yml: matching-engine-1.1.0: version "1.2.0" in the catalog, but the '
+                                 'signed manifest says "1.1.0"; restart "system" in the catalog, but the signed '
+                                 'manifest says "service"; ')
+
+
 def test_verify_refuses_remote_artifacts(pubkey):
     res = ansible("release_verify", {"artifact": "https://releases.example.com/me-1.1.0.tar.gz", "sha256": "0" * 64,
                                      "signature": "AA==", "public_key": pubkey})
@@ -277,6 +294,19 @@ def test_archive_for_another_version_or_component_is_refused(work, dirs):
     assert res["failed"] is True
     assert "says component 'wallet-signer', not 'matching-engine'" in res["msg"]
     assert snapshot(n.root) == before
+
+
+def test_install_caps_are_options_and_leave_no_private_copy(work, dirs):
+    n = node(work)
+    built = build(dirs, "1.1.0")
+    before = snapshot(n.root)
+    res = run_install(args_for(n, "1.1.0", built, state="current", max_members=3))
+    assert res["failed"] is True
+    assert res["msg"] == (f"{built.artifact}: holds more than 3 members; a release this big is not expected: rebuild "
+                          "the release, or raise max_members if it is right")
+    res = run_install(args_for(n, "1.1.0", built, state="current", max_artifact_size=100))
+    assert res["failed"] is True and "over the 100 bytes limit for a release artifact" in res["msg"]
+    assert snapshot(n.root) == before  # the private copy went with the failure
 
 
 def test_switch_to_a_release_not_on_the_node_needs_the_artifact(work):
