@@ -156,3 +156,17 @@ def test_promote_despite_peer_is_sent_as_the_nodes_force(tmp_path: Path) -> None
     with serving(answer(200, STATUS)) as node:
         old = run_module(tmp_path, "node_action", url=node.url, action="promote", force=True)
     failed(old, "force")  # the old name is gone, not silently ignored
+
+
+def test_a_refused_promotion_names_the_option_that_overrides_it(tmp_path: Path) -> None:
+    def peer_still_primary(h: Handler) -> None:
+        if h.command == "GET":
+            h.send(200, {**STATUS, "ha_role": "standby"})
+        else:
+            h.send(409, {"error": "peer is still primary; step it down first", "peer": "me-b", "peer_term": 3})
+
+    with serving(peer_still_primary) as node:
+        result = run_module(tmp_path, "node_action", url=node.url, action="promote")
+    failed(result, "refused to be promoted: peer is still primary", "(peer me-b, term 3)",
+           "set promote_despite_peer=true only if the peer is down")
+    assert result["node"]["peer"] == "me-b" and json.loads(node.seen[1].body) == {"force": False}
