@@ -222,16 +222,15 @@ def sha256_file(path: str, max_size: int, *, what: str = "file", error: ErrorTyp
 
 def decode_utf8(path: str, data: bytes, *, what: str = "input", error: ErrorType = InputError) -> str:
     """UTF-8 text (a leading BOM dropped); a NUL byte or invalid UTF-8 is refused as binary data."""
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise error(path, None, f"binary data (NUL byte at offset {nul})",
+                    f"the {what} must be UTF-8 text; download it again")
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise error(path, None, f"not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})",
                     f"the {what} must be UTF-8 text; download it again") from None
-    nul = text.find("\0")
-    if nul >= 0:
-        raise error(path, None, f"binary data (NUL character at offset {nul})",
-                    f"the {what} must be UTF-8 text; download it again")
-    return text
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def test_sha256_is_streamed_and_capped(tmp_path):
 
 def test_binary_garbage_is_not_text():
     err = refused(_safe_io.decode_utf8, "f", b"\x00\x01\x02garbage", what="feed")
-    assert err.message == "binary data (NUL character at offset 0)"
+    assert err.message == "binary data (NUL byte at offset 0)"
     err = refused(_safe_io.decode_utf8, "f", b"ok\xff\xfe", what="feed")
     assert err.message == "not UTF-8 text (byte 0xff at offset 2)"
     assert _safe_io.decode_utf8("f", "\ufeffok".encode()) == "ok"
