@@ -228,3 +228,35 @@ def test_missing_yaml_library_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(_safe_io, "HAS_YAML", False)
     with pytest.raises(RuntimeError, match="'PyYAML' is required"):
         load_patch(entry(tmp_path))
+
+
+# --------------------------------------------------------------------------- hostile entries
+
+
+@pytest.mark.parametrize(("old", "new", "record", "message"), [
+    ("id: matching-engine-1.4.3", "id: matching-engine-1.\u0664.3", "id", "non-ASCII character (U+0664"),
+    ('version: "1.4.3"', 'version: "1.\u0664.3"', "version", "non-ASCII character (U+0664"),
+    ("  - CVE-2026-31337", "  - CVE-2026-\u0663\u0661\u0663\u0663\u0667", "fixes[0]", "non-ASCII character (U+0663"),
+    ("id: matching-engine-1.4.3", "id: matching-engine-1.4.3\nid: evil", "line 3 column 1", "duplicate key 'id'"),
+])
+def test_hostile_entry_fields(tmp_path, old, new, record, message):
+    path = tmp_path / "patch.yml"
+    path.write_text(GOOD.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(CatalogError) as err:
+        load_patch(str(path))
+    assert err.value.record == record
+    assert message in err.value.message
+
+
+def test_non_ascii_version_key_is_refused():
+    with pytest.raises(ValueError, match="non-ASCII"):
+        version_key("1.\u0664.3")
+
+
+def test_special_file_in_the_catalog_is_refused_not_skipped(tmp_path):
+    entry(tmp_path)
+    (tmp_path / "zero.yml").symlink_to("/dev/zero")
+    with pytest.raises(CatalogError) as err:
+        load_catalog(str(tmp_path))
+    assert err.value.path == str(tmp_path / "zero.yml")
+    assert err.value.message == "is a character device, not a regular file"

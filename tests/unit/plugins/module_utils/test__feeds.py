@@ -470,3 +470,30 @@ def test_load_intel_stops_at_the_first_bad_file(tmp_path):
     with pytest.raises(FeedError) as err:
         load_intel([fixture("nvd.json"), write(tmp_path, "bad.json", {"x": 1}), fixture("kev.json")])
     assert err.value.path.endswith("bad.json")
+
+
+# --------------------------------------------------------------------------- hostile feeds
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"catalogVersion": "1", "vulnerabilities": [{"cveID": "CVE-2026-\u0663\u0661\u0663\u0663\u0667", '
+     '"dateAdded": "2026-11-18"}]}', "cveID 'CVE-2026-٣١٣٣٧' contains a non-ASCII character (U+0663"),
+    ('{"id": "GHSA-\u0661", "modified": "2026-11-20T00:00:00Z"}', "id 'GHSA-١' contains a non-ASCII character"),
+    ("#model_version:v1,score_date:2026-11-23\ncve,epss,percentile\nCVE-2026-10001,\u0660.\u0665,0.9\n",
+     "epss '٠.٥' is not a number"),
+    ("cve,epss,percentile\nCVE-2026-10001,0.5,0.9," + "x" * 200_000 + "\n", "not a valid CSV line"),
+    ('{"catalogVersion": "1", "vulnerabilities": [], "vulnerabilities": [1]}', "duplicate key 'vulnerabilities'"),
+    ("[" * 10_000 + "]" * 10_000, "JSON nested deeper than 64 levels"),
+])
+def test_hostile_feed_content(tmp_path, content, message):
+    with pytest.raises(FeedError) as err:
+        load_feed(write(tmp_path, "feed.dat", content))
+    assert message in err.value.message
+
+
+def test_feed_size_cap_applies_to_the_gunzipped_feed(tmp_path):
+    path = write(tmp_path, "epss.csv.gz", gzip.compress(b"cve,epss,percentile\n" + b"\n" * 4096))
+    with pytest.raises(FeedError, match=r"decompressed feed is larger than the limit of 2 KiB.*raise max_feed_size"):
+        load_feed(path, max_size=2048)
+    with pytest.raises(FeedError, match="is a character device"):
+        load_intel(["/dev/zero"])

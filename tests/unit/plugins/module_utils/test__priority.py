@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import re
 
 import pytest
 from ansible_collections.exchangeops.patching.plugins.module_utils import _priority
@@ -311,3 +312,36 @@ def test_vectors_used_by_the_property_test_are_ordered():
     assert [i.score for i in infos] == sorted(i.score for i in infos)
     assert [i.automatable for i in infos] == sorted(i.automatable for i in infos)
     assert [i.total_impact for i in infos] == sorted(i.total_impact for i in infos)
+
+
+# --------------------------------------------------------------------------- facts files and ASCII versions
+
+
+def test_facts_file_is_read_strictly(tmp_path):
+    good = tmp_path / "facts.json"
+    good.write_text('{"nodes": [{"name": "match-0a", "component": "matching-engine", "version": "1.4.2"}]}')
+    assert [n.version for n in _priority.load_facts_file(str(good))] == ["1.4.2"]
+    dup = tmp_path / "dup.json"
+    dup.write_text('{"nodes": [{"name": "m", "component": "matching-engine", "version": "1.4.2", "version": "9.9.9"}]}')
+    with pytest.raises(_priority.PlanError, match=r"dup.json: duplicate key 'version'"):
+        _priority.load_facts_file(str(dup))
+    with pytest.raises(_priority.PlanError, match="is a character device, not a regular file"):
+        _priority.load_facts_file("/dev/zero")
+    with pytest.raises(_priority.PlanError, match="larger than the limit of 16 bytes"):
+        _priority.load_facts_file(str(good), max_size=16)
+
+
+@pytest.mark.parametrize(("version", "message"), [
+    ("1.4.\u0662", "contains a non-ASCII character (U+0662 ARABIC-INDIC DIGIT TWO)"),
+    ("1.4.2\u0663", "contains a non-ASCII character (U+0663"),
+    ("1.4.2 ; reboot", "is not a dotted version"),
+])
+def test_node_versions_are_ascii(version, message):
+    with pytest.raises(_priority.PlanError, match=re.escape(message)):
+        _priority.nodes_from_facts([{"name": "m", "component": "matching-engine", "version": version}], "facts")
+
+
+def test_node_markets_must_be_names():
+    with pytest.raises(_priority.PlanError, match="markets 5 is not a list of names"):
+        _priority.nodes_from_facts([{"name": "m", "component": "matching-engine", "version": "1.4.2",
+                                     "markets": 5}], "facts")
