@@ -4,6 +4,12 @@
 # live fleet; deploy the top patch (canary, switchovers, health gates, convergence); deploy
 # a release that crashes and watch the canary catch it and the fleet roll back; then the
 # load report (nothing lost), the audit trail, the metrics and the HTML reports.
+#
+# The demo tells its story from a fleet it sets up itself, every time: whatever ran on the
+# testbed before (other releases in its catalog, nodes on other versions, a demo that just
+# finished) is stopped and moved aside to <testbed>.previous, and a fresh fleet, catalog and
+# audit trail are made. EXCHPATCH_TESTBED_DIR / EXCHPATCH_TESTBED_NET choose where;
+# EXCHPATCH_DEMO_SHARDS, EXCHPATCH_DEMO_WALLETS and EXCHPATCH_DEMO_BAKE size it (tests use a small one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 X=.venv/bin/exchpatch
@@ -16,17 +22,34 @@ cleanup() {
 }
 trap cleanup EXIT
 export EXCHPATCH_OPERATOR=${EXCHPATCH_OPERATOR:-demo-operator}
+shards=${EXCHPATCH_DEMO_SHARDS:-2}
+wallets=${EXCHPATCH_DEMO_WALLETS:-2}
+bake=${EXCHPATCH_DEMO_BAKE:-5}
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1. Start the local testbed (2 shards x primary/standby, 2 wallet signers, HAProxy)"
+step "1. Start a fresh local testbed ($shards shards x primary/standby, $wallets wallet signers, HAProxy)"
+tbdir=$(realpath -m "${EXCHPATCH_TESTBED_DIR:-.testbed}")
+export EXCHPATCH_TESTBED_DIR="$tbdir"
+if [ -e "$tbdir/testbed.json" ]; then
+  $X testbed down >/dev/null || { echo "the testbed at $tbdir would not stop; see: $X testbed status"; exit 1; }
+fi
+if [ -e "$tbdir" ]; then
+  rm -rf "$tbdir.previous"
+  mv "$tbdir" "$tbdir.previous"
+  echo "the previous testbed (its catalog, node data and audit trail) is kept at $tbdir.previous"
+fi
+mkdir -p "$tbdir"
+# The demo's own audit trail, beside its fleet: the story is verified from its first record.
+export EXCHPATCH_AUDIT_FILE="$tbdir/audit.jsonl"
 # The demo must run at any hour: its fleet gets an empty market calendar instead of
 # testbed/freeze-windows.yml, whose funding windows (00:00, 08:00, 16:00 UTC) would refuse
 # the rollouts for twenty minutes three times a day (docs/rollout.md, preflight).
-tbdir="${EXCHPATCH_TESTBED_DIR:-.testbed}"
-mkdir -p "$tbdir"
 printf -- '---\nwindows: []\n' > "$tbdir/no-freeze-windows.yml"
-$X testbed up --freeze-windows "$tbdir/no-freeze-windows.yml"
+$X testbed up --shards "$shards" --wallets "$wallets" --freeze-windows "$tbdir/no-freeze-windows.yml" \
+  --json > "$work/up.json"
+inv=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["inventory"])' "$work/up.json")
+$X testbed status
 
 step "2. Build the signed releases of the sample catalog (and one that crashes on start)"
 $X testbed release --component matching-engine --version 1.4.3 --fixes CVE-2026-31337 | head -1
@@ -43,20 +66,21 @@ sleep 2
 
 step "4. What to patch first: the sample advisory feeds against the live fleet"
 $X plan --feed feeds/nvd.json --feed feeds/kev.json --feed feeds/epss.csv --feed feeds/vulnrichment.json \
-        --feed feeds/osv.json --catalog "$catalog" --output "$work/plan.json" | sed -n '1,8p'
+        --feed feeds/osv.json --catalog "$catalog" --inventory "$inv" --output "$work/plan.json" | sed -n '1,8p'
 top=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["patches"][0]["id"])' "$work/plan.json")
 echo "top of the plan: $top"
+[ "$top" != matching-engine-1.4.4 ] || { echo "the crashing release tops the plan: the catalog is not the demo's"; exit 1; }
 
 step "5. exchpatch deploy $top: canary standby, canary shard switched over, then batches"
-$X deploy "$top" --canary-bake 5
+$X deploy "$top" --inventory "$inv" --catalog "$catalog" --canary-bake "$bake"
 
 step "6. A release that crashes on start: caught at the canary, rolled back automatically"
 rc=0
-$X deploy matching-engine-1.4.4 --canary-bake 5 || rc=$?
+$X deploy matching-engine-1.4.4 --inventory "$inv" --catalog "$catalog" --canary-bake "$bake" || rc=$?
 [ "$rc" = 1 ] || { echo "expected the faulty release to fail (exit 1), got $rc"; exit 1; }
 
 step "7. The fleet: every node answers, no drift, no lock held"
-$X status
+$X status --inventory "$inv"
 
 step "8. Load report: stop the load and prove nothing was lost"
 kill -TERM "$load_pid"
@@ -85,4 +109,5 @@ runs = [r for r in json.load(sys.stdin)["data"]["runs"] if r.get("patch_id") == 
 print(runs[-1]["run"])')
 $X report "$faulty" --load "$work/load.json"
 echo
-echo "The testbed keeps running for you to explore; stop it with: make testbed-down"
+echo "The testbed keeps running for you to explore (its audit trail: export EXCHPATCH_AUDIT_FILE=$EXCHPATCH_AUDIT_FILE);"
+echo "stop it with: EXCHPATCH_TESTBED_DIR=$tbdir $X testbed down   (make testbed-down for the default one)"
