@@ -32,8 +32,8 @@ from testbed.exchnode.common import COMPONENT_FAULTS
 
 SOURCE = Path(__file__).resolve().parent / "exchnode"
 COMPONENTS = tuple(COMPONENT_FAULTS)
-VERSION_RE = re.compile(r"^\d+\.\d+\.\d+([.-][0-9A-Za-z.-]+)?$")
-CVE_RE = re.compile(r"^CVE-\d{4}-\d{4,}$")
+VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([.-][0-9A-Za-z.-]+)?$")
+CVE_RE = re.compile(r"^CVE-[0-9]{4}-[0-9]{4,}$")
 RESTARTS = ("none", "service", "system")
 MIGRATIONS = ("none", "forward_compatible", "irreversible")
 
@@ -156,7 +156,7 @@ def verify(public_key_pem: bytes, data: bytes, signature_b64: str) -> bool:
 
 
 def _version_key(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+    return tuple(int(x) for x in re.findall(r"[0-9]+", v)[:3])
 
 
 def _change_size(out_dir: Path, component: str, version: str, files: dict[str, bytes]) -> dict[str, int]:

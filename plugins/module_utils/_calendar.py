@@ -34,8 +34,8 @@ else:
 RECURRENCES = ("daily",)
 SEARCH_HORIZON = dt.timedelta(days=7)
 _WINDOW_KEYS = ("name", "recurring", "at", "before", "after")
-_DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\Z")
-_CLOCK_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?\Z")
+_DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\Z", re.ASCII)
+_CLOCK_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?\Z", re.ASCII)
 _SAMPLE = "testbed/freeze-windows.yml"
 
 
@@ -266,7 +266,7 @@ def _clock(path: str, where: str, value: Any) -> int:
                                          "base 60)", f'quote the times, like at: ["{hours:02d}:{minutes:02d}"]')
     match = _CLOCK_RE.match(value.strip()) if isinstance(value, str) else None
     if not match:
-        dated = isinstance(value, dt.date) or (isinstance(value, str) and re.match(r"\s*\d{4}-", value))
+        dated = isinstance(value, dt.date) or (isinstance(value, str) and re.match(r"\s*[0-9]{4}-", value))
         hint = " (a date-time belongs to a one-off window: remove 'recurring')" if dated else ""
         raise ScheduleError(path, where, f"at: {value!r} is not a time of day{hint}",
                             'write UTC times of day as "HH:MM", like at: ["00:00", "08:00", "16:00"]')

@@ -27,7 +27,6 @@ import os
 import posixpath
 import re
 import shutil
-import stat
 import sys
 import tarfile
 import tempfile
@@ -35,6 +34,9 @@ import traceback
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from urllib.parse import unquote, urlsplit
+
+from ansible_collections.exchangeops.patching.plugins.module_utils._safe_io import human_size
+from ansible_collections.exchangeops.patching.plugins.module_utils._safe_io import open_regular as open_regular_input
 
 try:
     from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -102,43 +104,21 @@ _CHUNK = 1 << 20
 _MAX_LINK_HOPS = 40  # as the kernel's MAXSYMLINKS
 
 
-def human_size(size: int) -> str:
-    """``size`` bytes as a short text (``1.0 GiB``, ``12 bytes``)."""
-    value = float(size)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} bytes"  # pragma: no cover - the loop always returns
-
-
-def _kind(mode: int) -> str:
-    for test, text in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return text
-    return "a special file"
+def _artifact_error(path: str, record: str | None, message: str, fix: str) -> ReleaseError:
+    return ReleaseError(f"{path}: {message}; {fix}")
 
 
 def open_regular(path: str, max_size: int | None = None) -> int:
     """A read descriptor on ``path``, after proving on that descriptor it is a regular file within ``max_size``.
 
-    Opened non-blocking, so a FIFO cannot hang the caller; checked with ``fstat`` on the open
-    descriptor, so a swap after the check changes nothing. The caller closes the descriptor.
+    Opened non-blocking (``_safe_io.open_regular``), so a FIFO cannot hang the caller; checked with
+    ``fstat`` on the open descriptor, so a swap after the check changes nothing. The caller closes it.
     """
+    fd = open_regular_input(path, "release artifact", _artifact_error)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise ReleaseError(f"{path}: cannot read the artifact ({e.strerror}); check the path and that "
-                           "the file was staged") from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ReleaseError(f"{path}: is {_kind(st.st_mode)}, not a regular file; point the catalog entry's "
-                               "artifact.url at the release tarball")
-        if max_size is not None and st.st_size > max_size:
-            raise ReleaseError(_too_big(path, human_size(st.st_size), max_size))
-        os.set_blocking(fd, True)
+        size = os.fstat(fd).st_size
+        if max_size is not None and size > max_size:
+            raise ReleaseError(_too_big(path, human_size(size), max_size))
     except BaseException:
         os.close(fd)
         raise
@@ -670,7 +650,7 @@ def check_version(version: str) -> str:
 
 def version_key(version: str) -> tuple:
     """Sort key: numeric dotted parts first, a pre-release (``1.4.3-rc1``) before its release."""
-    match = re.match(r"^(\d+(?:\.\d+)*)(.*)$", version)
+    match = re.match(r"^([0-9]+(?:\.[0-9]+)*)(.*)$", version)
     if not match:
         return ((), 0, version)
     nums = tuple(int(x) for x in match.group(1).split("."))

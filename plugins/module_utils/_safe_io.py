@@ -87,8 +87,8 @@ def _not_regular(path: str, mode: int, what: str, error: ErrorType) -> InputErro
     return error(path, None, f"is {describe_mode(mode)}, not a regular file", fix)
 
 
-def _open_regular(path: str, what: str, error: ErrorType) -> int:
-    """An fd open for reading on a regular file; never blocks on a FIFO or a device."""
+def open_regular(path: str, what: str, error: ErrorType = InputError) -> int:
+    """An fd open for reading on a regular file; never blocks on a FIFO or a device. The caller closes it."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
@@ -132,7 +132,7 @@ def read_regular(path: str, max_size: int, *, what: str = "input", error: ErrorT
     over ``max_size`` is refused, also one that grows while it is read. ``option`` names the setting
     that raises the cap, for the error's fix.
     """
-    fd = _open_regular(path, what, error)
+    fd = open_regular(path, what, error)
     try:
         size = os.fstat(fd).st_size
         if size > max_size:
@@ -201,7 +201,7 @@ def read_input(path: str, max_size: int, *, what: str = "input", error: ErrorTyp
 
 def sha256_file(path: str, max_size: int, *, what: str = "file", error: ErrorType = InputError) -> str:
     """Hex SHA-256 of the regular file ``path``, streamed in chunks; refused past ``max_size`` bytes."""
-    fd = _open_regular(path, what, error)
+    fd = open_regular(path, what, error)
     digest = hashlib.sha256()
     total = 0
     try:

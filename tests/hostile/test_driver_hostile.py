@@ -142,7 +142,7 @@ def _api_cases():
         api.audit: {"action": "history"},
     }
     for func, base in entry.items():
-        for name, param in inspect.signature(func).parameters.items():
+        for name in inspect.signature(func).parameters:
             if name.endswith("handler"):
                 continue
             yield pytest.param(func, base, name, id=f"{func.__name__}({name})")

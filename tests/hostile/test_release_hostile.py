@@ -103,7 +103,7 @@ ARCHIVES: list[tuple[str, list[tuple[tarfile.TarInfo, bytes | None]], dict[str, 
     ("too-many-members", [entry(tarfile.REGTYPE, f"f{i}", data=b"") for i in range(20)], {"max_members": 10},
      "holds more than 10 members"),
     ("too-large", [entry(tarfile.REGTYPE, "blob", data=b"\0" * 8192)], {"max_unpacked_size": 4096},
-     "unpacks to more than 4.0 KiB"),
+     "unpacks to more than 4 KiB"),
 ]
 
 
@@ -154,7 +154,8 @@ def test_hostile_release_inputs_are_refused_and_write_nothing(tmp_path, signed):
         ("dev-zero-artifact-install", {"name": "dev-zero-install", "exchangeops.patching.release_install": {
             "root": str(root), "version": "1.4.3", "artifact": "/dev/zero", "sha256": good.sha256}},
          "/dev/zero: is a character device, not a regular file"),
-        ("fifo-artifact", verify_task(good, pub, artifact=str(fifo)), f"{fifo}: is a FIFO, not a regular file"),
+        ("fifo-artifact", verify_task(good, pub, artifact=str(fifo)),
+         f"{fifo}: is a FIFO (named pipe), not a regular file"),
         ("oversized-artifact", verify_task(good, pub, max_artifact_size=1000),
          "over the 1000 bytes limit for a release artifact"),
     ]

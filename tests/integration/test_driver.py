@@ -94,7 +94,7 @@ def test_status_json_schema_and_an_unanswering_node(fleet, state):
 @pytest.mark.parametrize(("args", "needle"), [
     (["deploy", "no-such-patch-9.9"], "no-such-patch-9.9"),
     (["deploy", "x;rm -rf /"], "patch id"),
-    (["deploy", "matching-engine-1.0", "--reason", "{{ lookup('pipe', 'id') }}"], "--reason contains the template marker"),
+    (["deploy", "matching-engine-1.0", "--reason", "{{ lookup('pipe', 'id') }}"], "--reason contains the template"),
     (["deploy", "matching-engine-1.0", "--emergency", "--reason", "r"], "--approver"),
     (["deploy", "matching-engine-1.0", "--reason", "r", "--approver", "alice"], "second person"),
     (["deploy", "matching-engine-1.0", "--serial", "0"], "serial"),

@@ -162,7 +162,7 @@ def test_malformed_expected_sha256(dirs, digest):
 def test_missing_artifact_names_the_path(dirs, tmp_path):
     built = build(dirs)
     missing = tmp_path / "nope.tar.gz"
-    with pytest.raises(ReleaseError, match=f"{missing}: cannot read the artifact"):
+    with pytest.raises(ReleaseError, match=f"{missing}: file not found; check the path of the release artifact"):
         _release.verify_artifact(str(missing), built.sha256, built.signature, pubkey(dirs))
 
 
@@ -525,7 +525,7 @@ def test_member_count_and_unpacked_size_are_capped():
         _release.check_members(many, "evil.tar.gz", max_members=50)
     big = member("big")
     big.size = 5 << 30
-    with pytest.raises(UnsafeArchiveError, match=re.escape("evil.tar.gz: unpacks to more than 4.0 GiB")):
+    with pytest.raises(UnsafeArchiveError, match=re.escape("evil.tar.gz: unpacks to more than 4 GiB")):
         _release.check_members([big], "evil.tar.gz")
 
 
@@ -556,20 +556,20 @@ def test_artifacts_must_be_regular_files(dirs, tmp_path):
     built = build(dirs)
     fifo = tmp_path / "fifo.tar.gz"
     os.mkfifo(fifo)
-    for path, kind in (("/dev/zero", "a character device"), (str(fifo), "a FIFO"), (str(tmp_path), "a folder")):
-        expected = f"{path}: is {kind}, not a regular file; point the catalog entry's artifact.url at the release"
-        with pytest.raises(ReleaseError, match=re.escape(expected)):
+    for path, kind in (("/dev/zero", "a character device"), (str(fifo), "a FIFO"), (str(tmp_path), "a directory")):
+        expected = rf"{re.escape(path)}: is {kind}.*; give the path of .*release artifact"
+        with pytest.raises(ReleaseError, match=expected):
             _release.verify_artifact(path, built.sha256, built.signature, pubkey(dirs))
-        with pytest.raises(ReleaseError, match=re.escape(expected)):
+        with pytest.raises(ReleaseError, match=expected):
             _release.sha256_file(path)
-        with pytest.raises(ReleaseError, match=re.escape(expected)), _release.private_copy(path, built.sha256):
+        with pytest.raises(ReleaseError, match=expected), _release.private_copy(path, built.sha256):
             pass
 
 
 def test_artifact_size_is_capped(dirs):
     built = build(dirs)
     size = os.path.getsize(built.artifact)
-    expected = f"{built.artifact}: is {_release.human_size(size)}, over the 1.0 KiB limit for a release artifact"
+    expected = f"{built.artifact}: is {_release.human_size(size)}, over the 1 KiB limit for a release artifact"
     with pytest.raises(ReleaseError, match=re.escape(expected)):
         _release.verify_artifact(built.artifact, built.sha256, built.signature, pubkey(dirs), max_size=1024)
     with pytest.raises(ReleaseError, match=re.escape("raise max_artifact_size")):
