@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from testbed.release import BuiltRelease, build_release, ensure_signing_key, sign, stage_release
+from tests.integration.test_release_modules import snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -65,17 +66,6 @@ def run_tasks(tasks: list[dict[str, Any]], workdir: Path) -> list[dict[str, Any]
         raise AssertionError(f"no playbook result (rc={res.returncode}): {res.stdout}\n{res.stderr}") from e
     assert len(done) == len(tasks), res.stdout
     return [t["hosts"]["localhost"] for t in done]
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    seen: dict[str, str] = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            rel = str(path.relative_to(root))
-            seen[rel] = ("-> " + os.readlink(path) if path.is_symlink() else "dir" if path.is_dir()
-                         else hashlib.sha256(path.read_bytes()).hexdigest())
-    return seen
 
 
 # --------------------------------------------------------------------------- the corpus
