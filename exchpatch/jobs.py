@@ -55,8 +55,12 @@ ENV_PASSTHROUGH = frozenset({
     "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
 })
 ENV_PASSTHROUGH_PREFIXES = ("ANSIBLE_",)
-_SECRET_NAME = re.compile(r"token|password|passwd|secret|private_key|credential|passphrase|auth|api_key|dsn|vault",
-                          re.IGNORECASE)
+# The collection's rule (plugins/module_utils/_redact.py SECRET_KEY): the driver imports no collection code.
+_SECRET_NAME = re.compile(
+    r"token|passw(?:or)?d|passphrase|secret|credential|vault|private[_-]?key|api[_-]?key|dsn|(?<!un)auth(?!or(?!i[sz]))"
+    r"|(?:^|[_.-])(?:pass|pwd)(?:$|[_.-])",
+    re.IGNORECASE,
+)
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
 REDACTED = "<redacted>"
 

@@ -248,3 +248,6 @@ def test_redaction_of_url_credentials_and_secret_keys():
     assert jobs.redact_text("GET https://u:p4ss@node/v1 failed") == "GET https://u:<redacted>@node/v1 failed"
     assert jobs.redact({"token": "abc", "nested": [{"db_dsn": "x", "ok": "postgresql://a:b@h/d"}]}) == {
         "token": "<redacted>", "nested": [{"db_dsn": "<redacted>", "ok": "postgresql://a:<redacted>@h/d"}]}
+    # the same names as the collection's rule: the change record's author and approver stay readable
+    assert jobs.redact({"author": "alice", "authorization": "Bearer x", "ansible_become_pass": "p"}) == {
+        "author": "alice", "authorization": "<redacted>", "ansible_become_pass": "<redacted>"}
