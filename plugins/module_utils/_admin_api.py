@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import os
 import re
 import socket
@@ -178,7 +179,7 @@ class AdminApi:
                                      f"give {self.url_option} as scheme://host:port[/prefix] only")
         if not self.token:
             raise self._config_error("the admin token is empty", f"set {self.token_option}")
-        if not self.request_timeout > 0:
+        if not math.isfinite(self.request_timeout) or self.request_timeout <= 0:
             raise self._config_error(f"request_timeout must be > 0 seconds, got {self.request_timeout:g}",
                                      "raise request_timeout")
         if self.tls.client_key and not self.tls.client_cert:

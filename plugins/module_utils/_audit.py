@@ -31,16 +31,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Redaction lives in _redact; these names stay importable from here for existing callers.
-from ansible_collections.exchangeops.patching.plugins.module_utils._redact import (  # noqa: F401
-    MIN_SECRET_LEN,
-    REDACTED,
-    SECRET_KEY,
-    Redactor,
-    _plain,
-    is_secret_key,
-)
-
 VERSION = 1
 GENESIS = "0" * 64
 KINDS = ("change_opened", "event", "change_updated", "change_closed")

@@ -376,7 +376,7 @@ def check_pinned_key(keys: Mapping[str, str | None]) -> str:
         groups.setdefault(_normal_pem(key or ""), []).append(host)
     if len(groups) > 1:
         ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), sorted(kv[1])))
-        odd = sorted(h for _, hosts in ranked[1:] for h in hosts)
+        odd = sorted(h for _key, hosts in ranked[1:] for h in hosts)
         detail = "; ".join(f"{key_fingerprint(k)} on {', '.join(sorted(hosts))}" for k, hosts in ranked)
         raise ReleaseVerifyError(
             f"exchange_release_pubkey: {', '.join(odd)} pin{'s' if len(odd) == 1 else ''} a different release key "
@@ -528,8 +528,8 @@ def check_members(members: Iterable[tarfile.TarInfo], artifact: str = "archive",
                 links[key] = target
             else:
                 target = _member_name(m.linkname)
-                resolved = None if posixpath.isabs(m.linkname) or not target else _resolve(target.split("/"), links,
-                                                                                          True)
+                resolved = (None if posixpath.isabs(m.linkname) or not target
+                            else _resolve(target.split("/"), links, True))
                 if resolved is None or "/".join(resolved) not in files:
                     raise UnsafeArchiveError(f"{where} is a hard link to {m.linkname!r}, outside the release (or not "
                                              f"to an earlier file of the archive); {fix}")

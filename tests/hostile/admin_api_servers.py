@@ -221,7 +221,7 @@ def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, issuer_key
 
 def make_pki(folder: Path) -> Pki:
     folder.mkdir(parents=True, exist_ok=True)
-    ca_key, other_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(4))
+    ca_key, other_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _n in range(4))
     files = {
         "ca.pem": _cert("exchange admin CA", ca_key, "exchange admin CA", ca_key, ca=True),
         "other-ca.pem": _cert("some other CA", other_key, "some other CA", other_key, ca=True),

@@ -11,6 +11,7 @@ The playbooks run for real through ansible-runner (no fleet is needed for these)
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import os
 import stat
@@ -79,8 +80,9 @@ def _cases():
                 continue  # flags take no text
             yield pytest.param(prefix, action, id=" ".join(prefix) + " " + (action.option_strings or [action.dest])[-1])
     # options that belong to a parent parser ("testbed --root")
-    yield pytest.param(("testbed", "status"), next(a for a in _subparser(parser, "testbed")._actions
-                                                   if a.dest == "root"), id="testbed --root")
+    for action in _subparser(parser, "testbed")._actions:
+        if action.dest == "root":
+            yield pytest.param(("testbed", "status"), action, id="testbed --root")
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
@@ -168,8 +170,8 @@ def _script(path: Path) -> Path:
 
 def test_an_executable_vault_password_file_needs_an_opt_in(sandbox):
     script = _script(sandbox / "vault-pass")
-    for call in (lambda **kw: api.status(**kw), lambda **kw: api.rollback("matching-engine", **kw),
-                 lambda **kw: api.deploy("matching-engine-1.4.3", **kw)):
+    for call in (api.status, functools.partial(api.rollback, "matching-engine"),
+                 functools.partial(api.deploy, "matching-engine-1.4.3")):
         with pytest.raises(api.BadInput, match="allow_vault_password_script"):
             call(vault_password_file=str(script))
     _no_trace(sandbox)

@@ -70,7 +70,7 @@ def test_values_that_raise_when_read_neither_crash_nor_leak():
 
 def test_deep_nesting_ends_in_a_marker_not_a_recursion_error():
     deep: dict = {"password": "s3cr3t-deep"}
-    for _ in range(5000):
+    for _level in range(5000):
         deep = {"n": deep}
     r = Redactor()
     r.learn_from(deep)

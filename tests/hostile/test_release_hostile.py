@@ -179,7 +179,7 @@ def test_hostile_release_inputs_are_refused_and_write_nothing(tmp_path, signed):
 
     # A release signed with the right key but built before manifests carried the facts.
     unfacted = tmp_path / "matching-engine-1.4.1.tar.gz"
-    _, digest = evil_tarball(unfacted, [])
+    _tarball, digest = evil_tarball(unfacted, [])
     priv = signed["keys"] / "release-signing.key"
     cases.append(("manifest-without-facts", {"name": "unfacted", "exchangeops.patching.release_verify": {
         "artifact": str(unfacted), "sha256": digest, "signature": sign(priv, unfacted.read_bytes()),
@@ -192,16 +192,16 @@ def test_hostile_release_inputs_are_refused_and_write_nothing(tmp_path, signed):
     cases.append(("second-pubkey", verify_task(good, pub, fleet_keys={"me-0a": pub, "me-0b": pub, "wallet-0": other}),
                   "exchange_release_pubkey: wallet-0 pins a different release key than the rest of the fleet"))
 
-    results = run_tasks([task for _, task, _ in cases], tmp_path)
+    results = run_tasks([task for _case, task, _reason in cases], tmp_path)
     problems = []
-    for (case, _, reason), result in zip(cases, results, strict=True):
+    for (case, _task, reason), result in zip(cases, results, strict=True):
         msg = str(result.get("msg", ""))
         if not result.get("failed") or reason not in msg or "\n" in msg or "Traceback" in msg:
             problems.append(f"{case}: failed={result.get('failed')} msg={msg!r}")
     assert not problems, "\n".join(problems)
     assert len(cases) >= 25
     assert snapshot(root) == before
-    assert not [p for p in tmp_path.parent.rglob("PWNED")]
+    assert not list(tmp_path.parent.rglob("PWNED"))
     assert not Path("/tmp/PWNED").exists()
 
 

@@ -297,7 +297,7 @@ def test_a_real_run_writes_no_secret_and_the_redacted_trail_verifies(tmp_path):
 
     text = audit_file.read_text()
     for secret in LEAKS:
-        for form in {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}:
+        for form in dict.fromkeys((secret, quote(secret, safe=""), quote(secret), quote_plus(secret))):
             assert form not in text, f"{form!r} reached the audit trail"
     records = [json.loads(line) for line in text.splitlines()]
     msgs = [r["res"]["msg"] for r in records if r.get("task") == "Print the secrets, raw and URL-encoded"

@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 from ansible_collections.exchangeops.patching.plugins.module_utils._audit import (
     GENESIS,
-    REDACTED,
-    Redactor,
     append,
     canonical,
     default_path,
@@ -31,6 +29,7 @@ from ansible_collections.exchangeops.patching.plugins.module_utils._audit import
     trim,
     verify,
 )
+from ansible_collections.exchangeops.patching.plugins.module_utils._redact import REDACTED, Redactor
 
 NOW = dt.datetime(2026, 11, 24, tzinfo=dt.UTC)
 

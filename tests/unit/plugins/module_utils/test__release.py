@@ -402,7 +402,7 @@ def test_verify_release_reads_the_manifest_from_the_verified_bytes(dirs):
 def test_the_issues_attack_is_refused(dirs):
     """A hotfix entry pointing at the real signed 1.4.2 artifact, claiming two CVEs 1.4.2 does not fix."""
     built = build(dirs, "1.4.2")
-    _, manifest = _release.verify_release(built.artifact, built.sha256, built.signature, pubkey(dirs))
+    _digest, manifest = _release.verify_release(built.artifact, built.sha256, built.signature, pubkey(dirs))
     entry = {**FACTS, "fixes": ["CVE-2026-31337", "CVE-2026-31338"]}
     where = "patches/matching-engine-1.9.9-hotfix.yml: matching-engine-1.9.9-hotfix"
     with pytest.raises(_release.ManifestMismatchError) as e:
