@@ -18,7 +18,8 @@ stopped and the folder removed at the end, also on error or Ctrl-C. Never run by
 do not assert on timing. Exit status: 0 when both playbooks ran to the end and our rollout
 lost nothing, 1 otherwise, 130 when interrupted.
 
-    .venv/bin/python bench/rollout.py [--rate 500] [--net 62] [--ours-vars JSON] [--json]
+    .venv/bin/python bench/rollout.py [--rate 500] [--net 62] [--shards 2] [--wallets 2] [--skip-naive]
+                                      [--ours-vars JSON] [--json]
 """
 
 from __future__ import annotations
@@ -182,11 +183,12 @@ def under_load(f: tb.Fleet, rate: float, action) -> dict[str, Any]:
 def bench(args: argparse.Namespace, interrupt: Interrupt) -> tuple[list[Run], dict[str, Any]]:
     root = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
     try:
-        say(f"starting the default fleet on 127.{args.net}.0.0/16 in {root}")
+        say(f"starting a fleet of {args.shards} shards and {args.wallets} wallets on 127.{args.net}.0.0/16 in {root}")
         t0 = time.monotonic()
         # an empty market calendar (--ours-vars preflight_schedule overrides it): the bench measures the
         # rollout, and the testbed's funding windows would refuse it at some times of day, as they should
-        f = tb.up(root, shards=2, wallets=2, net=args.net, timeout=120, freeze_windows=tb.empty_calendar(root))
+        f = tb.up(root, shards=args.shards, wallets=args.wallets, net=args.net, timeout=120 + 10 * args.shards,
+                  freeze_windows=tb.empty_calendar(root))
         fleet_info = {"shards": f.shards, "wallets": f.wallets, "nodes": len(f.nodes),
                       "up_s": round(time.monotonic() - t0, 1), "rate": args.rate, "ours_vars": args.ours_vars}
         base = tb.BASELINE[COMPONENT]
@@ -201,6 +203,8 @@ def bench(args: argparse.Namespace, interrupt: Interrupt) -> tuple[list[Run], di
             root, "ours", REPO / "playbooks" / "rolling_patch.yml", f.inventory_dir, ours_vars, interrupt, ours))
         ours.versions = versions(f)
         say(f"{OURS}: {ours.status} in {ours.total_s:.1f} s")
+        if args.skip_naive:
+            return [ours], fleet_info
 
         naive_vars = {"naive_version": rels[1].version, "naive_artifact": rels[1].artifact,
                       "naive_sha256": rels[1].sha256}
@@ -274,13 +278,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=500, help="orders (and withdrawals) per second; default 500")
     ap.add_argument("--net", type=int, default=62, help="second octet of the fleet's loopback /16; default 62")
+    ap.add_argument("--shards", type=int, default=2, help="matching shards (2 nodes each); default 2")
+    ap.add_argument("--wallets", type=int, default=2, help="wallet-signer nodes; default 2")
+    ap.add_argument("--skip-naive", action="store_true", help="run our rollout only (large fleets)")
     ap.add_argument("--ours-vars", type=json.loads, default={}, metavar="JSON",
                     help="extra vars for our rollout as a JSON object, e.g. '{\"rolling_canary_bake\": 3}'; "
                          "default: the playbook's defaults")
     ap.add_argument("--json", action="store_true", help="print one JSON document, nothing else")
     args = ap.parse_args()
-    if args.rate <= 0 or not 1 <= args.net <= 254:
-        ap.error("--rate must be positive and --net between 1 and 254")
+    if args.rate <= 0 or not 1 <= args.net <= 254 or not 1 <= args.shards <= 100 or not 0 <= args.wallets <= 20:
+        ap.error("--rate must be positive, --net between 1 and 254, --shards 1 to 100, --wallets 0 to 20")
     if not isinstance(args.ours_vars, dict):
         ap.error("--ours-vars must be a JSON object")
 
