@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
-from ansible_collections.exchangeops.patching.plugins.module_utils._safe_io import human_size
+from ansible_collections.exchangeops.patching.plugins.module_utils._safe_io import capped_chunks, human_size
 from ansible_collections.exchangeops.patching.plugins.module_utils._safe_io import open_regular as open_regular_input
 
 try:
@@ -100,7 +100,6 @@ DEFAULT_MAX_UNPACKED_SIZE = 4 << 30  # 4 GiB
 MAX_MANIFEST_SIZE = 1 << 20
 # The facts a catalog entry states about a release, which its signed manifest must carry too.
 MANIFEST_FACTS = ("component", "version", "fixes", "migration", "restart")
-_CHUNK = 1 << 20
 _MAX_LINK_HOPS = 40  # as the kernel's MAXSYMLINKS
 
 
@@ -130,15 +129,10 @@ def _too_big(path: str, size: str, max_size: int) -> str:
             "the release tarball, or raise max_artifact_size")
 
 
-def _read_capped(fh, path: str, max_size: int | None) -> bytes:
-    """All of ``fh``, refusing more than ``max_size`` bytes (the file may grow after it was checked)."""
-    chunks, total = [], 0
-    for chunk in iter(lambda: fh.read(_CHUNK), b""):
-        total += len(chunk)
-        if max_size is not None and total > max_size:
-            raise ReleaseError(_too_big(path, f"more than {human_size(max_size)}", max_size))
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _artifact_chunks(fd: int, path: str, max_size: int | None) -> Iterator[bytes]:
+    """The artifact's bytes from ``fd`` in chunks, refusing more than ``max_size`` (it may grow after the check)."""
+    return capped_chunks(fd, max_size, lambda: ReleaseError(
+        _too_big(path, f"more than {human_size(max_size)}", max_size)))
 
 
 # --------------------------------------------------------------------------- verification
@@ -147,18 +141,15 @@ def _read_capped(fh, path: str, max_size: int | None) -> bytes:
 def sha256_file(path: str, max_size: int | None = None) -> str:
     """Hex SHA-256 of the regular file at ``path``, streamed (at most ``max_size`` bytes)."""
     digest = hashlib.sha256()
-    total = 0
     fd = open_regular(path, max_size)
     try:
-        with os.fdopen(fd, "rb") as fh:
-            for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                total += len(chunk)
-                if max_size is not None and total > max_size:
-                    raise ReleaseError(_too_big(path, f"more than {human_size(max_size)}", max_size))
-                digest.update(chunk)
+        for chunk in _artifact_chunks(fd, path, max_size):
+            digest.update(chunk)
     except OSError as e:
         raise ReleaseError(f"{path}: cannot read the artifact ({e.strerror}); check the path and that "
                            "the file was staged") from e
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 
@@ -207,14 +198,10 @@ def private_copy(artifact: str, expected_sha256: str, max_size: int | None = DEF
     try:
         try:
             copy = os.path.join(folder, "artifact.tar.gz")
-            digest, total = hashlib.sha256(), 0
+            digest = hashlib.sha256()
             out = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            with os.fdopen(fd, "rb") as src, os.fdopen(out, "wb") as dst:
-                fd = -1
-                for chunk in iter(lambda: src.read(_CHUNK), b""):
-                    total += len(chunk)
-                    if max_size is not None and total > max_size:
-                        raise ReleaseError(_too_big(artifact, f"more than {human_size(max_size)}", max_size))
+            with os.fdopen(out, "wb") as dst:
+                for chunk in _artifact_chunks(fd, artifact, max_size):
                     digest.update(chunk)
                     dst.write(chunk)
         except OSError as e:
@@ -225,8 +212,7 @@ def private_copy(artifact: str, expected_sha256: str, max_size: int | None = DEF
             raise _sha256_mismatch(artifact, expected, actual)
         yield copy
     finally:
-        if fd >= 0:
-            os.close(fd)
+        os.close(fd)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -261,11 +247,12 @@ def _verified_bytes(path: str, expected_sha256: str, signature_b64: str, public_
     # ed25519 signs the whole message: the artifact is read into memory once, with a cap.
     fd = open_regular(path, max_size)
     try:
-        with os.fdopen(fd, "rb") as fh:
-            data = _read_capped(fh, path, max_size)
+        data = b"".join(_artifact_chunks(fd, path, max_size))
     except OSError as e:
         raise ReleaseError(f"{path}: cannot read the artifact ({e.strerror}); check the path and that "
                            "the file was staged") from e
+    finally:
+        os.close(fd)
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise _sha256_mismatch(path, expected, actual)

@@ -30,7 +30,7 @@ import stat
 import traceback
 import unicodedata
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ansible_collections.exchangeops.patching.plugins.module_utils._errors import InputError
@@ -124,6 +124,23 @@ def _too_big(path: str, size: str, limit: int, what: str, error: ErrorType, opti
                  f"check that this is the right file, or {how}")
 
 
+def capped_chunks(fd: int, max_size: int | None, too_big: Callable[[], Exception]) -> Iterator[bytes]:
+    """The chunks read from ``fd`` until its end; ``raise too_big()`` once more than ``max_size`` bytes came.
+
+    A file may grow after its size was checked: the cap holds for what is read. Reads stop one byte
+    past the cap, so refusing never reads far beyond it. The caller opens and closes ``fd``.
+    """
+    total = 0
+    while True:
+        chunk = os.read(fd, CHUNK if max_size is None else min(CHUNK, max_size + 1 - total))
+        if not chunk:
+            return
+        total += len(chunk)
+        if max_size is not None and total > max_size:
+            raise too_big()
+        yield chunk
+
+
 def read_regular(path: str, max_size: int, *, what: str = "input", error: ErrorType = InputError,
                  option: str | None = None) -> bytes:
     """The bytes of the regular file ``path``, at most ``max_size`` of them.
@@ -137,21 +154,12 @@ def read_regular(path: str, max_size: int, *, what: str = "input", error: ErrorT
         size = os.fstat(fd).st_size
         if size > max_size:
             raise _too_big(path, human_size(size), max_size, what, error, option)
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            chunk = os.read(fd, min(CHUNK, max_size + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > max_size:
-                raise _too_big(path, f"more than {human_size(max_size)} read", max_size, what, error, option)
+        return b"".join(capped_chunks(fd, max_size, lambda: _too_big(
+            path, f"more than {human_size(max_size)} read", max_size, what, error, option)))
     except OSError as exc:
         raise error(path, None, f"cannot read the file: {exc.strerror or exc}", "check the file") from None
     finally:
         os.close(fd)
-    return b"".join(chunks)
 
 
 def gunzip_bounded(path: str, data: bytes, max_size: int, *, what: str = "input", error: ErrorType = InputError,
@@ -203,15 +211,9 @@ def sha256_file(path: str, max_size: int, *, what: str = "file", error: ErrorTyp
     """Hex SHA-256 of the regular file ``path``, streamed in chunks; refused past ``max_size`` bytes."""
     fd = open_regular(path, what, error)
     digest = hashlib.sha256()
-    total = 0
     try:
-        while True:
-            chunk = os.read(fd, CHUNK)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > max_size:
-                raise _too_big(path, f"more than {human_size(max_size)}", max_size, what, error, None)
+        for chunk in capped_chunks(fd, max_size, lambda: _too_big(
+                path, f"more than {human_size(max_size)}", max_size, what, error, None)):
             digest.update(chunk)
     except OSError as exc:
         raise error(path, None, f"cannot read the file: {exc.strerror or exc}", "check the file") from None
