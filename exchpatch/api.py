@@ -71,7 +71,6 @@ def _check_text(value: Any, what: str, limit: int = 500) -> str:
         raise BadInput(f"{what} is {len(value)} characters long; keep it under {limit}")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise BadInput(f"{what} contains control characters; use plain text on one line")
-    refuse_template_markers(value, what)
     return value
 
 

@@ -396,11 +396,6 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def _check_path_option(path: str | Path | None, what: str) -> None:
-    if path is not None:
-        refuse_template_markers(os.fspath(path), what)
-
-
 def start(kind: str, playbook: str, extravars: dict[str, Any], finish: Callable[[Job], Any], *,
           inventory: str | Path | None = None, graceful_cancel: bool = False, timeout: float | None = None,
           vault_password_file: str | None = None, operator: str | None = None, check: bool = False,
@@ -411,10 +406,9 @@ def start(kind: str, playbook: str, extravars: dict[str, Any], finish: Callable[
     made) and written to the run's private ``env/extravars`` (0600, every string ``!unsafe``)."""
     for name, value in extravars.items():
         refuse_template_markers(value, name)
-    _check_path_option(inventory, "inventory")
-    _check_path_option(vault_password_file, "vault password file")
-    if operator is not None:
-        refuse_template_markers(operator, "operator")
+    refuse_template_markers(inventory, "inventory")
+    refuse_template_markers(vault_password_file, "vault password file")
+    refuse_template_markers(operator, "operator")
     ident = new_job_id()
     job = Job(kind, playbook, ident, finish, graceful_cancel)
     if event_handler:
