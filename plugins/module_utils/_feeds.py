@@ -745,7 +745,8 @@ def load_feed(
 
     FeedError on any problem.
     """
-    fmt, doc = _sniff(path, _text(path, _read(path, max_size)))
+    # _read gunzipped already; _text (for detect_format's raw bytes) would look for gzip a second time
+    fmt, doc = _sniff(path, _safe_io.decode_utf8(path, _read(path, max_size), what="feed", error=FeedError))
     cache: dict[str, CvssInfo | str] = {}
     return fmt, _PARSERS[fmt](path, doc, cache)
 
