@@ -9,8 +9,10 @@ BIN     := $(VENV)/bin
 PYTHON  ?= python3
 STAMP   := $(VENV)/.installed
 LINK    := collections/ansible_collections/exchangeops/patching
-# Debian packages the testbed, the SSH scenario and ansible-test sanity use: <command>:<package>
-SYSTEM_PACKAGES := /usr/sbin/haproxy:haproxy /usr/sbin/sshd:openssh-server /usr/bin/shellcheck:shellcheck
+# Debian packages the testbed, the SSH scenario, ansible-test sanity, the PostgreSQL state store's
+# tests (a server the tests start themselves) and signed approvals (ssh-keygen -Y) use: <command>:<package>
+SYSTEM_PACKAGES := /usr/sbin/haproxy:haproxy /usr/sbin/sshd:openssh-server /usr/bin/shellcheck:shellcheck \
+	/usr/bin/ssh-keygen:openssh-client /usr/bin/setpriv:util-linux
 
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
@@ -35,6 +37,7 @@ system-packages:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 	  [ -x "$${pair%%:*}" ] || missing="$$missing $${pair##*:}"; done; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing with apt-get:$$missing"; \
 	  created_policy=0; \
