@@ -519,14 +519,18 @@ def build_parser() -> argparse.ArgumentParser:
     asub = p.add_subparsers(dest="audit_command", required=True)
     p = asub.add_parser("verify", parents=[common, trail], help="check the hash chain: edited, removed, reordered")
     p.set_defaults(func=cmd_audit_verify)
+    from exchpatch import store as store_cli
+
+    store_cli.add_parser(sub, common)
     return parser
 
 
 def _classify(exc: Exception) -> int | None:
+    from exchpatch.store import StoreCliError
     from testbed.fleet import TestbedError, TestbedInputError
     from testbed.release import ReleaseError
 
-    if isinstance(exc, CliError):
+    if isinstance(exc, CliError | StoreCliError):
         return exc.code
     if isinstance(exc, (TestbedInputError, ReleaseError, ValueError)):
         return EXIT_BAD_INPUT
@@ -548,7 +552,7 @@ def _refuse_templates(args: argparse.Namespace) -> None:
             raise CliError(str(e), EXIT_BAD_INPUT) from None
 
 
-_POSITIONALS = ("patch_id", "run", "node", "command", "testbed_command", "audit_command")
+_POSITIONALS = ("patch_id", "run", "node", "command", "testbed_command", "audit_command", "store_command")
 
 
 def main(argv: list[str] | None = None) -> int:
