@@ -20,7 +20,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -158,6 +159,105 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._fh.close()
+
+
+def write_json_durably(path: str, obj: Any) -> None:
+    """Replace ``path`` with ``obj`` as JSON so that a crash leaves the old or the new file, whole."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+# --------------------------------------------------------------------------- fencing
+
+
+def _token(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+class Fence:
+    """The highest rollout-lease fencing token this node has seen, per scope it serves.
+
+    An admin mutation may carry ``"fence": {"scope": "shard-0", "token": 42}`` (or a list of
+    such objects, one per scope, for a wallet serving several chains). A token lower than the
+    highest already seen for its scope is refused with 409 and the mutation is not made; an
+    equal or higher one is recorded durably (``<data_dir>/fence.json``, replaced atomically like
+    the role file) *before* the mutation, and the mutation runs under the same lock, so an older
+    run cannot slip an action in between a newer run's check and its action. A mutation
+    without ``fence`` is accepted: an operator acting by hand is outside the lease.
+    """
+
+    def __init__(self, data_dir: str, scopes: list[str], name: str) -> None:
+        self.path = os.path.join(data_dir, "fence.json")
+        self.scopes = list(scopes)
+        self.name = name
+        self._lock = threading.Lock()
+        self._highest: dict[str, int] = {}
+
+    def load(self) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as fh:
+            raw = json.load(fh)
+        if not isinstance(raw, dict) or not all(isinstance(k, str) and _token(v) is not None for k, v in raw.items()):
+            raise SystemExit(f"{self.path}: expected an object of scope -> non-negative integer token; "
+                             "restore it from a backup (deleting it lets any older rollout act on this node)")
+        self._highest = dict(raw)
+
+    def highest(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._highest)
+
+    def claims(self, body: dict[str, Any]) -> list[tuple[str, int]]:
+        """The (scope, token) pairs of a request body's ``fence`` field; 400 when it is malformed."""
+        raw = body.get("fence")
+        if raw is None:
+            return []
+        items = raw if isinstance(raw, list) else [raw]
+        usage = 'fence must be {"scope": "<scope>", "token": <int >= 0>} or a list of those'
+        if not items:
+            raise HttpError(400, usage)
+        out: list[tuple[str, int]] = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("scope"), str):
+                raise HttpError(400, usage)
+            if _token(item.get("token")) is None:
+                raise HttpError(400, usage)
+            if item["scope"] not in self.scopes:
+                raise HttpError(400, f"fence scope {item['scope']!r} is not served by {self.name}; it serves "
+                                f"{', '.join(self.scopes)}", scopes=self.scopes)
+            out.append((item["scope"], item["token"]))
+        return out
+
+    @contextmanager
+    def admit(self, body: dict[str, Any]) -> Iterator[None]:
+        """Check and record the request's fencing tokens, then hold the fence while the mutation runs."""
+        claims = self.claims(body)
+        with self._lock:
+            for scope, token in claims:
+                seen = self._highest.get(scope, -1)
+                if token < seen:
+                    raise HttpError(
+                        409,
+                        f"fencing token {token} for {scope} is lower than {seen}, already seen by {self.name}: "
+                        "another run holds the lease",
+                        fence={"scope": scope, "token": token, "highest": seen},
+                    )
+            raised = {s: t for s, t in claims if t > self._highest.get(s, -1)}
+            if raised:
+                highest = {**self._highest, **raised}
+                write_json_durably(self.path, highest)
+                self._highest = highest
+                LOG.info("fencing token raised: %s", ", ".join(f"{s}={t}" for s, t in sorted(raised.items())))
+            yield
 
 
 # --------------------------------------------------------------------------- metrics

@@ -44,7 +44,17 @@ from collections import deque
 from typing import Any
 from urllib.parse import unquote
 
-from exchnode.common import HttpError, Journal, Node, PeerClient, Release, Request, canonical_hash
+from exchnode.common import (
+    Fence,
+    HttpError,
+    Journal,
+    Node,
+    PeerClient,
+    Release,
+    Request,
+    canonical_hash,
+    write_json_durably,
+)
 
 LOG = logging.getLogger("exchnode.matching")
 
@@ -358,6 +368,8 @@ class MatchingNode(Node, EngineState):
         self._replay_lock = threading.Lock()  # the /v1/state/hash checkpoint below
         self._checkpoint: tuple[str, ScratchEngine] | None = None  # (hash of its last entry, engine)
         self._reset_state()
+        # the rollout lease's fencing tokens, for step-down, promote and market modes (see Fence)
+        self.fence = Fence(self.data_dir, [f"shard-{self.shard}"], self.name)
 
         add = self.router.add
         add("POST", "/markets/{market}/orders", self._h_place, auth="none", kind="client")
@@ -376,6 +388,7 @@ class MatchingNode(Node, EngineState):
     def start(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
         self._load_role()
+        self.fence.load()
         self.journal = Journal(os.path.join(self.data_dir, "journal.jsonl"), fsync=self.fsync)
         self._replay()
         LOG.info("replayed %d journal entries; role %s, term %d, state %s",
@@ -425,18 +438,7 @@ class MatchingNode(Node, EngineState):
 
     def _set_role(self, role: str, term: int) -> None:
         """Persist the role and term durably, then adopt them."""
-        path = self._role_path()
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"role": role, "term": term}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(self.data_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_json_durably(self._role_path(), {"role": role, "term": term})
         self._role, self._term = role, term
 
     def _become_standby(self, term: int, why: str) -> None:
@@ -878,7 +880,7 @@ class MatchingNode(Node, EngineState):
             if name not in self.market_names:
                 raise HttpError(404, f"unknown market {name!r}", markets=self.market_names)
         markets = list(dict.fromkeys(markets))
-        with self._seq_lock:
+        with self.fence.admit(body), self._seq_lock:
             self._require_primary()
             self._commit({"type": "mode", "mode": mode, "markets": markets})
             with self._state_lock:
@@ -889,7 +891,7 @@ class MatchingNode(Node, EngineState):
         return {"ha_role": self._role, "seq": self._applied, "state_hash": self._state_hash(), "term": self._term}
 
     def _h_step_down(self, req: Request) -> Any:
-        with self._seq_lock:
+        with self.fence.admit(req.json()), self._seq_lock:
             if self._role == "primary":
                 if self._push is not None:
                     self._sync_peer(None)  # best effort: hand the standby every entry before it may be promoted
@@ -901,7 +903,7 @@ class MatchingNode(Node, EngineState):
         force = body.get("force", False)
         if not isinstance(force, bool):
             raise HttpError(400, "force must be true or false")
-        with self._seq_lock:
+        with self.fence.admit(body), self._seq_lock:
             if self._role == "primary":
                 return self._ha_answer()
             info = self._peer_get(self._journal_seq() + 1, 0) if self._pull is not None else None
@@ -1078,6 +1080,7 @@ class MatchingNode(Node, EngineState):
             "seq": seq,
             "state_hash": state_hash,
             "replication": {"peer": self.peer_name, "state": self._replication_state(), "peer_seq": self._peer_seq},
+            "fence": self.fence.highest(),
         })
         return st
 

@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .common import LOG, HttpError, Journal, Node, Request, canonical_hash
+from .common import LOG, Fence, HttpError, Journal, Node, Request, canonical_hash
 
 CHAIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 CLIENT_ID_RE = re.compile(r"^[^\s/]{1,128}$")
@@ -102,6 +102,8 @@ class WalletNode(Node):
         self._initial_done: set[str] = set()
         self._requests = 0
         self._processed = 0
+        # the rollout lease's fencing tokens, one scope per chain, for pause and resume (see Fence)
+        self.fence = Fence(self.data_dir, [f"chain-{c}" for c in self.chains], self.name)
 
         r = self.router
         r.add("POST", "/chains/{chain}/withdrawals", self._post_withdrawal, auth="none", kind="client")
@@ -185,6 +187,8 @@ class WalletNode(Node):
 
     def start(self) -> None:
         os.makedirs(self.chain_dir, exist_ok=True)
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.fence.load()
         self.journal = Journal(os.path.join(self.data_dir, "journal.jsonl"), fsync=self.fsync)
         with self._lock:
             for rec in self.journal.records:
@@ -428,7 +432,8 @@ class WalletNode(Node):
                 "chain_height": chain_h,
                 "synced_height": synced_h,
             }
-        return {**base, **doc}
+        # outside self._lock: a fenced pause holds the fence, then takes self._lock
+        return {**base, **doc, "fence": self.fence.highest()}
 
     def component_readiness(self, role: str | None) -> tuple[bool, str]:
         # Wallet signers are all active: role=primary means the same as no role.
@@ -527,14 +532,14 @@ class WalletNode(Node):
         }
 
     def _pause(self, req: Request) -> dict[str, Any]:
-        with self._lock:
+        with self.fence.admit(req.json()), self._lock:
             if not self._paused:
                 self._append({"type": "pause"})
                 LOG.info("withdrawals paused")
             return self._pause_answer()
 
     def _resume(self, req: Request) -> dict[str, Any]:
-        with self._lock:
+        with self.fence.admit(req.json()), self._lock:
             if self._paused:
                 self._append({"type": "resume"})
                 LOG.info("withdrawals resumed")

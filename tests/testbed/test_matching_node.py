@@ -472,3 +472,52 @@ def test_state_hash_replays_a_long_journal(single: Factory) -> None:
     first = state_hash_at(node, 15_000)[1]  # lower than the checkpoint: replayed from scratch
     assert state_hash_at(node, 7_000)[1]["state_hash"] != first["state_hash"]
     assert state_hash_at(node, 15_000)[1] == first  # from the 7000 checkpoint
+
+
+# --------------------------------------------------------------------------- fencing
+
+
+def fenced(token: int, scope: str = "shard-0", **body: Any) -> dict[str, Any]:
+    return {**body, "fence": {"scope": scope, "token": token}}
+
+
+def test_fencing_refuses_a_lower_token_and_remembers_across_a_restart(single: Factory) -> None:
+    node = single().start()
+    node.wait_ready(role="primary")
+    assert status(node)["fence"] == {}
+    # no fence: an operator acting by hand is accepted, and no token is recorded
+    assert node.admin("POST", "/v1/markets/mode", {"mode": "post_only"})[0] == 200
+    assert status(node)["fence"] == {}
+
+    assert node.admin("POST", "/v1/markets/mode", fenced(41, mode="open"))[0] == 200
+    assert node.admin("POST", "/v1/markets/mode", fenced(42, mode="cancel_only"))[0] == 200
+    assert node.admin("POST", "/v1/markets/mode", fenced(42, mode="open"))[0] == 200  # equal: the same run
+    assert status(node)["fence"] == {"shard-0": 42}
+
+    code, body = node.admin("POST", "/v1/markets/mode", fenced(41, mode="halted"))
+    assert code == 409, body
+    assert body["fence"] == {"scope": "shard-0", "token": 41, "highest": 42}
+    assert "41" in body["error"] and "42" in body["error"] and "another run holds the lease" in body["error"]
+    assert status(node)["market_modes"] == {"BTC-USD": "open", "ETH-USD": "open"}  # not applied
+
+    # the highest token survives a crash, like the role file
+    node.kill()
+    node.start()
+    node.wait_ready(role="primary")
+    assert status(node)["fence"] == {"shard-0": 42}
+    for path in ("/v1/ha/step-down", "/v1/ha/promote"):
+        code, body = node.admin("POST", path, fenced(40))
+        assert code == 409 and body["fence"]["highest"] == 42, (path, body)
+    assert status(node)["ha_role"] == "primary"  # the refused step-down changed nothing
+    code, body = node.admin("POST", "/v1/ha/step-down", fenced(43))
+    assert code == 200 and body["ha_role"] == "standby"
+    assert status(node)["fence"] == {"shard-0": 43}
+    assert node.admin("POST", "/v1/ha/promote", fenced(43))[1]["ha_role"] == "primary"
+
+    # a token for a shard this node does not serve, or a malformed fence, is a bad request
+    code, body = node.admin("POST", "/v1/ha/step-down", fenced(99, scope="shard-1"))
+    assert code == 400 and "shard-1" in body["error"] and "shard-0" in body["error"]
+    for bad in ({"scope": "shard-0"}, {"scope": "shard-0", "token": "99"}, {"scope": "shard-0", "token": -1},
+                {"scope": "shard-0", "token": True}, [], "shard-0=99"):
+        assert node.admin("POST", "/v1/ha/step-down", {"fence": bad})[0] == 400, bad
+    assert status(node)["fence"] == {"shard-0": 43} and status(node)["ha_role"] == "primary"

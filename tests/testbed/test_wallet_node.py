@@ -416,3 +416,31 @@ def test_admin_routes_need_the_token(spawn: Callable[..., NodeProc]) -> None:
     assert http("GET", node.url + "/v1/health")[0] == 200
     assert http("GET", node.url + "/v1/ready")[0] == 200
     assert http("GET", node.url + "/chains/BTC/withdrawals")[0] == 200
+
+
+def test_fencing_on_pause_and_resume_per_chain_survives_a_restart(spawn: Callable[..., NodeProc]) -> None:
+    node = spawn()
+
+    def fence(**tokens: int) -> dict[str, Any]:
+        return {"fence": [{"scope": f"chain-{c}", "token": t} for c, t in tokens.items()]}
+
+    assert status(node)["fence"] == {}
+    code, body = node.admin("POST", "/v1/withdrawals/pause", fence(BTC=7, ETH=7))
+    assert code == 200 and body["withdrawals"] == "paused"
+    assert status(node)["fence"] == {"chain-BTC": 7, "chain-ETH": 7}
+    node.kill()
+    node.start()
+    node.wait_ready()
+    assert status(node)["fence"] == {"chain-BTC": 7, "chain-ETH": 7}
+    # one scope too low refuses the whole action
+    code, body = node.admin("POST", "/v1/withdrawals/resume", fence(BTC=8, ETH=6))
+    assert code == 409 and body["fence"] == {"scope": "chain-ETH", "token": 6, "highest": 7}, body
+    assert status(node)["withdrawals"] == "paused"
+    assert status(node)["fence"] == {"chain-BTC": 7, "chain-ETH": 7}
+    code, body = node.admin("POST", "/v1/withdrawals/resume", {"fence": {"scope": "chain-BTC", "token": 7}})
+    assert code == 200 and body["withdrawals"] == "running"
+    code, body = node.admin("POST", "/v1/withdrawals/pause", fence(SOL=9))
+    assert code == 400 and "chain-SOL" in body["error"] and "chain-BTC" in body["error"]
+    # no fence: accepted (manual use)
+    assert node.admin("POST", "/v1/withdrawals/pause")[1]["withdrawals"] == "paused"
+    assert node.admin("POST", "/v1/withdrawals/resume")[1]["withdrawals"] == "running"
