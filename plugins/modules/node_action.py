@@ -23,6 +23,13 @@ description:
     wallet-signer's queue (C(POST /v1/withdrawals/pause|resume)); what is queued stays queued.
   - C(wait_in_flight) - waits until the wallet-signer has no withdrawal being signed (C(in_flight)
     is 0 in C(/v1/status)), and fails after O(timeout) seconds. It changes nothing.
+  - Fencing - with O(fence_token) and O(fence_scopes), every action that changes the node
+    (C(step_down), C(promote), C(market_mode), C(pause_withdrawals), C(resume_withdrawals)) carries the
+    rollout lease's fencing token for each scope. The node refuses a token lower than the highest it has
+    seen for a scope (HTTP 409) and the task fails naming both tokens and the scope; the run must stop,
+    another run holds the lease. With a fence, C(step_down), C(promote) and the withdrawal actions are sent
+    even when the node is already in the wanted state (the node treats them as no-ops), so a run that
+    lost its lease learns it from the node. See C(docs/admin-api.md) for the contract.
   - Unreachable nodes, refused tokens and unexpected answers fail the task with a message naming the node.
   - Runs on the controller (the admin API is HTTP); delegate it to C(localhost).
 author:
@@ -66,6 +73,20 @@ options:
       - Each request waits at most O(request_timeout).
     type: float
     default: 30
+  fence_token:
+    description:
+      - The fencing token of the rollout lease this run holds (the C(token) that
+        M(exchangeops.patching.deploy_lock) returned when it acquired the lease).
+      - Sent with every action that changes the node, for each of O(fence_scopes).
+      - Omit both fence options only for manual use outside a rollout; the node then accepts the action.
+    type: int
+  fence_scopes:
+    description:
+      - The lease scopes the node serves, as the lease names them, for example C([shard-0]) for a
+        matching node or C([chain-BTC, chain-ETH]) for a wallet signer.
+      - Required with O(fence_token). The node refuses a scope it does not serve (HTTP 400).
+    type: list
+    elements: str
 """
 
 EXAMPLES = r"""
@@ -104,6 +125,15 @@ EXAMPLES = r"""
     action: pause_withdrawals
   delegate_to: localhost
 
+- name: Step down under the rollout lease (the node refuses an older run's token)
+  exchangeops.patching.node_action:
+    url: "{{ exchange_admin_url }}"
+    token: "{{ exchange_admin_token }}"
+    action: step_down
+    fence_token: "{{ preflight_lease_token }}"
+    fence_scopes: ["shard-{{ exchange_shard }}"]
+  delegate_to: localhost
+
 - name: Wait for in-flight signing to finish
   exchangeops.patching.node_action:
     url: "{{ exchange_admin_url }}"
@@ -134,6 +164,13 @@ node:
   description: The node's answer to the POST (absent when nothing was sent).
   returned: when the action was sent
   type: dict
+fence:
+  description:
+    - With a fencing refusal (the task failed), the node's account of it - the scope, this run's token
+      and the highest token the node has seen for the scope.
+  returned: when the node refused the fencing token
+  type: dict
+  sample: {"scope": "shard-0", "token": 41, "highest": 42}
 waited:
   description: Seconds O(action=wait_in_flight) waited.
   returned: action=wait_in_flight
@@ -142,6 +179,7 @@ waited:
 """
 
 import time
+from urllib.parse import urlsplit
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.exchangeops.patching.plugins.module_utils._admin_api import (
@@ -171,10 +209,25 @@ class Admin:
         self.module = module
         self.api = api
         self.base = api.base
+        token, scopes = module.params["fence_token"], module.params["fence_scopes"]
+        self.fence = [{"scope": scope, "token": token} for scope in scopes] if scopes else []
 
     def fail(self, e: AdminApiError) -> None:
+        if e.status == 409 and e.document is not None:
+            self.refused_fence(e.document, urlsplit(e.url).path)
         extra = {"node": e.document} if e.document is not None else {}
         self.module.fail_json(msg=str(e), **extra)
+
+    def refused_fence(self, answer: dict, path: str) -> None:
+        """Fail the task when the node's 409 answer is a fencing refusal; return otherwise."""
+        fence = answer.get("fence")
+        if not isinstance(fence, dict):
+            return
+        self.module.fail_json(
+            msg=f"node {self.base} refused POST {path}: run's token {fence.get('token')} is lower than "
+                f"{fence.get('highest')} already seen for {fence.get('scope')}: another run holds the lease; "
+                "this run must stop and leave the node to the lease holder",
+            fence=fence, node=answer)
 
     def status(self) -> dict:
         try:
@@ -183,10 +236,15 @@ class Admin:
             self.fail(e)
 
     def post(self, path: str, body: dict, accept: tuple[int, ...] = (200,)) -> tuple[int, dict]:
+        """POST ``body`` with this run's fence; a fencing refusal fails the task."""
+        if self.fence:
+            body = {**body, "fence": self.fence}
         try:
             answer = self.api.post_json(path, body, accept)
         except AdminApiError as e:
             self.fail(e)
+        if answer.status == 409:
+            self.refused_fence(answer.document, path)
         return answer.status, answer.document
 
 
@@ -204,28 +262,26 @@ def ha_view(node: dict) -> dict:
 def step_down(module: AnsibleModule, api: Admin, node: dict) -> dict:
     require(module, node, ("ha_role",), api.base)
     before = ha_view(node)
-    if node["ha_role"] != "primary":
-        return dict(changed=False, before=before, after=before)
-    if module.check_mode:
-        return dict(changed=True, before=before, after={**before, "ha_role": "standby"})
+    changed = node["ha_role"] == "primary"
+    if module.check_mode or not (changed or api.fence):
+        return dict(changed=changed, before=before, after={**before, "ha_role": "standby"} if changed else before)
     answer = api.post("/v1/ha/step-down", {})[1]
-    return dict(changed=True, before=before, after=ha_view(answer), node=answer)
+    return dict(changed=changed, before=before, after=ha_view(answer), node=answer)
 
 
 def promote(module: AnsibleModule, api: Admin, node: dict) -> dict:
     require(module, node, ("ha_role",), api.base)
     before = ha_view(node)
-    if node["ha_role"] == "primary":
-        return dict(changed=False, before=before, after=before)
-    if module.check_mode:
-        return dict(changed=True, before=before, after={**before, "ha_role": "primary"})
+    changed = node["ha_role"] != "primary"
+    if module.check_mode or not (changed or api.fence):
+        return dict(changed=changed, before=before, after={**before, "ha_role": "primary"} if changed else before)
     # the node's own "force" field: promote although its peer still claims to be primary
     status, answer = api.post("/v1/ha/promote", {"force": module.params["promote_despite_peer"]}, accept=(200, 409))
     if status == 409:
         module.fail_json(msg=f"{api.base} refused to be promoted: {answer.get('error')} (peer "
                          f"{answer.get('peer')}, term {answer.get('peer_term')}); step the peer down first, or "
                          "set promote_despite_peer=true only if the peer is down", node=answer)
-    return dict(changed=True, before=before, after=ha_view(answer), node=answer)
+    return dict(changed=changed, before=before, after=ha_view(answer), node=answer)
 
 
 def market_mode(module: AnsibleModule, api: Admin, node: dict) -> dict:
@@ -256,16 +312,15 @@ def market_mode(module: AnsibleModule, api: Admin, node: dict) -> dict:
 def withdrawals(module: AnsibleModule, api: Admin, node: dict, want: str) -> dict:
     require(module, node, ("withdrawals",), api.base)
     before = {"withdrawals": node["withdrawals"], "in_flight": node.get("in_flight"), "queued": node.get("queued")}
-    if node["withdrawals"] == want:
-        return dict(changed=False, before=before, after=before)
-    if module.check_mode:
-        return dict(changed=True, before=before, after={**before, "withdrawals": want})
+    changed = node["withdrawals"] != want
+    if module.check_mode or not (changed or api.fence):
+        return dict(changed=changed, before=before, after={**before, "withdrawals": want} if changed else before)
     path = "/v1/withdrawals/pause" if want == "paused" else "/v1/withdrawals/resume"
     answer = api.post(path, {})[1]
     if answer.get("withdrawals") != want:
         module.fail_json(msg=f"{api.base}{path} answered withdrawals={answer.get('withdrawals')!r}, not {want!r}",
                          node=answer)
-    return dict(changed=True, before=before, after=answer, node=answer)
+    return dict(changed=changed, before=before, after=answer, node=answer)
 
 
 def wait_in_flight(module: AnsibleModule, api: Admin, node: dict) -> dict:
@@ -293,12 +348,20 @@ def main() -> None:
         markets=dict(type="list", elements="str"),
         promote_despite_peer=dict(type="bool", default=False),
         timeout=dict(type="float", default=30),
+        fence_token=dict(type="int", no_log=False),  # a public counter, not a secret
+        fence_scopes=dict(type="list", elements="str"),
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
-                           required_if=[("action", "market_mode", ("mode",))])
+                           required_if=[("action", "market_mode", ("mode",))],
+                           required_together=[("fence_token", "fence_scopes")])
     action = module.params["action"]
     if module.params["timeout"] <= 0:
         module.fail_json(msg=f"timeout must be > 0 seconds, got {module.params['timeout']:g}")
+    if module.params["fence_token"] is not None and module.params["fence_token"] < 0:
+        module.fail_json(msg=f"fence_token must be >= 0, got {module.params['fence_token']}; pass the token "
+                         "deploy_lock returned")
+    if module.params["fence_scopes"] is not None and not all(module.params["fence_scopes"]):
+        module.fail_json(msg="fence_scopes must name at least one scope (shard-N or chain-NAME), none empty")
     try:
         api = Admin(module, client_from_params(module.params))
     except AdminApiError as e:
