@@ -6,6 +6,7 @@ module; each test leaves it converged on one release per component.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import signal
@@ -225,12 +226,24 @@ def test_irreversible_migration_is_refused_unless_accepted(fleet):
     assert res.returncode != 0 and "irreversible migration" in res.stdout
 
 
+def _leases(lock_dir: Path, shards: int) -> list:
+    from ansible_collections.exchangeops.patching.plugins.module_utils import _lock
+    return [r for r in (_lock.read_lock(str(lock_dir), f"shard-{s}") for s in range(shards)) if r is not None]
+
+
+def _expiry(record) -> dt.datetime:
+    from ansible_collections.exchangeops.patching.plugins.module_utils import _lock
+    return _lock.parse_time(record.expires_at)
+
+
 def test_controller_killed_mid_rollout_then_rerun_resumes(fleet):
     pid = build(fleet, "matching-engine", "1.6.0")
+    lock_dir = Path(fleet.root) / "locks"
+    ttl = 10
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
     proc = subprocess.Popen([str(BIN / "ansible-playbook"), "-i", fleet.inventory_dir,
                              str(REPO / "playbooks" / "rolling_patch.yml"), "-e", f"patch_id={pid}",
-                             "-e", "rolling_canary_bake=3", "-e", "preflight_lock_ttl=20"],
+                             "-e", "rolling_canary_bake=3", "-e", f"preflight_lock_ttl={ttl}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
                             start_new_session=True)
     seen = ""
@@ -240,11 +253,26 @@ def test_controller_killed_mid_rollout_then_rerun_resumes(fleet):
         if "Check the matching node's health gates" in line:
             break
     os.killpg(proc.pid, signal.SIGKILL)
+    killed_at = dt.datetime.now(dt.UTC)
     proc.wait(timeout=30)
-    # the dead run's lock is still live: a rerun is refused with its owner and expiry
-    refused = playbook(fleet, "rolling_patch.yml", "-e", f"patch_id={pid}")
-    assert refused.returncode != 0 and "is locked by" in refused.stdout, refused.stdout[-2000:]
-    time.sleep(21)  # past the lock's ttl: the rerun takes the stale lock over and resumes
+    held = _leases(lock_dir, fleet.shards)
+    assert held, seen[-2000:]  # the dead run's lease is left behind ...
+    expires = max(_expiry(r) for r in held)
+    # ... renewed while the run lived, so it lapses at most one TTL after the controller died
+    assert expires <= killed_at + dt.timedelta(seconds=ttl + 1), (expires, killed_at)
+    # while it is live another run is refused, with its holder (asked in check mode: nothing is taken;
+    # a whole rerun could outlast so short a TTL on a busy machine, so the lease is asked directly)
+    probe = subprocess.run(
+        [str(BIN / "ansible"), "localhost", "--check", "-m", "exchangeops.patching.deploy_lock", "-a",
+         f"dir={lock_dir} scopes=shard-0 owner=bob@ops run_id=probe-run state=acquired"],
+        capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    if dt.datetime.now(dt.UTC) < expires:
+        assert probe.returncode != 0 and "is locked by" in probe.stdout, probe.stdout[-2000:]
+    # wait for the lease to lapse, reading it (not a fixed sleep): nothing renews it any more
+    deadline = time.monotonic() + 10 * ttl
+    while any(_expiry(r) >= dt.datetime.now(dt.UTC) for r in _leases(lock_dir, fleet.shards)):
+        assert time.monotonic() < deadline, "the dead run's lease was still renewed"
+        time.sleep(0.5)
     args = ("-e", f"patch_id={pid}", "-e", "rolling_canary_bake=2")
     res, report = under_load(fleet, lambda: playbook(fleet, "rolling_patch.yml", *args))
     assert res.returncode == 0, res.stdout[-4000:]
