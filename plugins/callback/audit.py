@@ -7,12 +7,25 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 name: audit
 type: notification
-short_description: Write every playbook event, redacted, to a hash-chained audit trail
+short_description: Write every playbook event, redacted, to a keyed hash-chained audit trail
 version_added: 0.1.0
 description:
-  - Appends one JSON record per event to an append-only JSON Lines file in which every record
-    carries the sha256 of the record before it, so that an edited, removed, inserted or reordered
-    record is found by the M(exchangeops.patching.audit_trail) module (C(action=verify)).
+  - Appends one JSON record per event to the audit trail, in which every record carries the link of the
+    record before it, so that an edited, removed, inserted or reordered record is found by the
+    M(exchangeops.patching.audit_trail) module (C(action=verify)). With an audit key the link is an
+    HMAC-SHA256 (C(mac=hmac-sha256)), so a chain recomputed without the key does not verify; without one it
+    is plain sha256 (C(mac=sha256)) and the trail verifies only as C(unkeyed).
+  - The trail is a JSON Lines file (the file state store, the default) or the C(exchpatch_audit) table of
+    the PostgreSQL state store shared by a team (inventory C(exchange_state_store=postgresql) and the
+    vaulted C(exchange_state_store_dsn), or E(EXCHPATCH_STATE_STORE) and E(EXCHPATCH_STATE_STORE_DSN)), where
+    appends from every controller form one chain.
+  - The key comes from the inventory variable C(exchange_audit_key) (vault or AWX credential) or from
+    O(key_file). It is never written anywhere, and is redacted wherever it would appear in a record.
+  - Records that cannot be written (database unreachable, key file refused) are never dropped and never
+    stop the run. They are kept, in order, in a spool file (mode C(0600)) in the C(spool) folder beside
+    the audit file, and appended (chained, in order) as soon as the trail can be written again, at the
+    latest at the end of the run; a spool a run could not write is appended by the next run. Store
+    settings and the key are read when the first play starts, so records before that wait in memory.
   - Each run opens a change record (V(change_opened)) with the operator, approver, reason, emergency
     flag, patch and check mode; adds what the playbook learns (V(change_updated), from the
     C(audit_change) fact that the collection's playbooks set with M(ansible.builtin.set_fact));
@@ -33,8 +46,9 @@ description:
     E(EXCHPATCH_OPERATOR), else the login user; approver, reason and emergency from the extra vars
     C(preflight_approver), C(preflight_reason) and C(preflight_emergency). The run id is
     E(EXCHPATCH_RUN_ID) when set (the exchpatch driver sets it to its job id), else a fresh uuid4.
-  - Several runs may write the same file at once; each append holds an exclusive C(flock) on the file
-    and is fsynced. A write error is shown as a warning and never stops the playbook.
+  - Several runs may write the same trail at once; a file append holds an exclusive C(flock) on the file and
+    is fsynced, a PostgreSQL append locks the head row in its transaction. A write error is shown as a
+    warning and never stops the playbook.
   - The file format is documented in docs/audit.md of the collection.
 requirements:
   - Enable the callback, for example C(callbacks_enabled = exchangeops.patching.audit) in the
@@ -51,6 +65,17 @@ options:
     ini:
       - section: exchpatch_audit
         key: file
+  key_file:
+    description:
+      - A file holding the audit key (at least 16 characters), readable by its owner only (mode C(0400));
+        a file group or others may read is refused (the records then wait in the spool). The inventory
+        variable C(exchange_audit_key) wins when both are set.
+    type: path
+    env:
+      - name: EXCHPATCH_AUDIT_KEY_FILE
+    ini:
+      - section: exchpatch_audit
+        key: key_file
   exclude_playbooks:
     description:
       - Playbook file names (basenames) that are not recorded. Reading the trail is not a change.
@@ -65,9 +90,14 @@ options:
 """
 
 import atexit
+import contextlib
 import datetime as dt
+import fcntl
 import getpass
+import glob
+import json
 import os
+import re
 import time
 import uuid
 from typing import Any
@@ -78,9 +108,11 @@ from ansible.utils.display import Display
 from ansible.utils.vars import load_extra_vars
 from ansible_collections.exchangeops.patching.plugins.module_utils._audit import (
     AuditError,
-    append,
+    Trail,
     default_path,
     iso,
+    load_key,
+    open_trail,
     trim,
     utc_now,
 )
@@ -93,6 +125,84 @@ display = Display()
 DROP_KEYS = {"invocation", "stdout_lines", "stderr_lines", "diff", "_ansible_no_log", "_ansible_verbose_always",
              "_ansible_item_label", "_ansible_delegated_vars", "ansible_loop_var", "_ansible_parsed",
              "warnings", "deprecations", "module_args"}
+
+
+# Inventory variables the trail is configured from (see docs/audit.md).
+KEY_VAR = "exchange_audit_key"
+STORE_VAR = "exchange_state_store"
+DSN_VAR = "exchange_state_store_dsn"
+# Seconds between two attempts to write after a failure: doubled up to the maximum.
+RETRY_FIRST, RETRY_MAX = 1.0, 30.0
+# A shorter connect timeout than the store's default: a controller waiting on a dead database holds up the run.
+CONNECT_TIMEOUT = 3
+
+
+class Spool:
+    """Records not yet in the trail, kept in a 0600 file (whole lines, fsynced) while this run holds an
+    exclusive flock on it; truncated once they are written, removed at the end when empty."""
+
+    def __init__(self, folder: str, run_id: str) -> None:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        self.path = os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]", "_", run_id) + ".jsonl")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        os.ftruncate(self.fd, 0)
+        self.count = 0
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        if records:
+            os.write(self.fd, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8"))
+            os.fsync(self.fd)
+            self.count += len(records)
+
+    def clear(self) -> None:
+        os.ftruncate(self.fd, 0)
+        os.fsync(self.fd)
+        self.count = 0
+
+    def close(self) -> bool:
+        """Release the spool; True when it was empty (and removed)."""
+        empty = self.count == 0
+        if empty:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        os.close(self.fd)
+        return empty
+
+
+def recover_spools(folder: str, trail: Trail, own: str | None = None) -> int:
+    """Append the records of spools no running run holds (a run that ended with the trail unreachable, or
+    was killed), each spool in its order; remove each once written. Returns the number of records."""
+    written = 0
+    for path in sorted(glob.glob(os.path.join(folder, "*.jsonl"))):
+        if own and os.path.abspath(path) == os.path.abspath(own):
+            continue
+        try:
+            fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its run is still going and will write it
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                lines = fh.read().decode("utf-8", errors="replace").splitlines()
+            records = []
+            for line in lines:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and rec.get("kind"):
+                    records.append(rec)
+            trail.append(records)
+            written += len(records)
+            os.ftruncate(fd, 0)
+            os.unlink(path)
+        finally:
+            os.close(fd)
+    return written
 
 
 def _clean(result: dict[str, Any]) -> dict[str, Any]:
@@ -123,13 +233,23 @@ class CallbackModule(CallbackBase):
     def __init__(self, display=None):
         super().__init__(display=display)
         self.path = default_path()
+        self.key_file: str | None = None
         self.exclude: list[str] = ["audit.yml"]
         self.run_id = os.environ.get("EXCHPATCH_RUN_ID") or uuid.uuid4().hex
         self.redactor = Redactor()
         self.opened = False
         self.closed = False
         self.skip = False
-        self.broken = False
+        # records not yet in the trail, in order; the trail is resolved when the first play starts
+        self.pending: list[dict[str, Any]] = []
+        self.trail: Trail | None = None
+        self.resolved = False
+        self.setup_error: str | None = None
+        self.spool: Spool | None = None
+        self.retry_at = 0.0
+        self.retry_wait = RETRY_FIRST
+        self.warned = False
+        self.inventory_conf: dict[str, Any] = {}
         self.started: dt.datetime | None = None
         self.check_mode = False
         self.change: dict[str, Any] = {}
@@ -141,21 +261,105 @@ class CallbackModule(CallbackBase):
     def set_options(self, task_keys=None, var_options=None, direct=None):
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
         self.path = os.path.expanduser(self.get_option("audit_file") or default_path())
+        self.key_file = self.get_option("key_file") or None
         self.exclude = [str(p) for p in self.get_option("exclude_playbooks") or []]
 
     # --- writing ---------------------------------------------------------------------------
 
     def _write(self, kind: str, **fields: Any) -> None:
-        if self.skip or self.broken:
+        if self.skip:
             return
         record = {"run": self.run_id, "kind": kind, "ts": iso(utc_now())}
         record.update(self.redactor.redact(fields))
+        self.pending.append(record)
+        if self.resolved:
+            self._flush()
+
+    def _resolve(self) -> None:
+        """Open the trail from the inventory (key, store, DSN) or the callback's options and environment,
+        and append what earlier runs left in the spool."""
+        if self.resolved:
+            return
+        self.resolved = True
+        conf = self.inventory_conf
         try:
-            append(self.path, [record])
+            key = load_key(conf.get(KEY_VAR), self.key_file)
+            if key:
+                self.redactor.learn(key.decode("utf-8", errors="replace"))
+            # audit_file is the trail of the file store; with postgresql it only places the spool
+            self.trail = open_trail(None, conf.get(STORE_VAR), conf.get(DSN_VAR), key,
+                                    connect_timeout=CONNECT_TIMEOUT, file_path=self.path)
+        except AuditError as e:
+            self.setup_error = str(e)
+            self._display.warning(self.redactor.redact_text(
+                f"audit trail not configured ({e}); records are kept in the spool until it is fixed"))
+            return
+        try:
+            recovered = recover_spools(self._spool_folder(), self.trail)
+            if recovered:
+                self._display.display(f"audit: appended {recovered} record(s) an earlier run had spooled")
         except (AuditError, OSError) as e:
-            # The audit trail must never take a rollout down halfway; say so loudly instead.
-            self.broken = True
-            self._display.warning(self.redactor.redact_text(f"audit trail not written from here on: {e}"))
+            self._display.warning(self.redactor.redact_text(f"audit: earlier spooled records not written yet: {e}"))
+
+    def _spool_folder(self) -> str:
+        return os.path.join(os.path.dirname(os.path.abspath(self.path)), "spool")
+
+    def _to_spool(self) -> None:
+        if self.spool is None:
+            self.spool = Spool(self._spool_folder(), self.run_id)
+        self.spool.add(self.pending[self.spool.count:])
+
+    def _flush(self, final: bool = False) -> None:
+        """Write the pending records; on failure keep them (in memory and in the spool) for a retry."""
+        if not self.pending:
+            return
+        if not final and time.monotonic() < self.retry_at:
+            try:
+                self._to_spool()
+            except OSError as e:
+                self._display.warning(f"audit: cannot write the spool ({e.strerror})")
+            return
+        error = self.setup_error
+        if self.trail is not None and error is None:
+            try:
+                self.trail.append(self.pending)
+                self.pending.clear()
+                if self.spool is not None:
+                    self.spool.clear()
+                if self.warned:
+                    self._display.display(f"audit: trail in {self.trail.where} writable again; spooled records "
+                                          "appended")
+                self.warned = False
+                self.retry_wait = RETRY_FIRST
+                return
+            except (AuditError, OSError) as e:
+                error = str(e)
+        # The audit trail must never take a rollout down halfway: keep the records, say so loudly.
+        self.retry_at = time.monotonic() + self.retry_wait
+        self.retry_wait = min(self.retry_wait * 2, RETRY_MAX)
+        try:
+            self._to_spool()
+            where = self.spool.path if self.spool else "memory"
+        except OSError as e:
+            where = f"memory only (spool not writable: {e.strerror})"
+        if not self.warned:
+            self.warned = True
+            self._display.warning(self.redactor.redact_text(
+                f"audit trail not written ({error}); {len(self.pending)} record(s) kept in {where}, to be appended "
+                "in order when the trail is back"))
+
+    def _finish(self) -> None:
+        """End of the run: a last attempt, then release the spool (kept when records remain)."""
+        self._resolve()
+        self._flush(final=True)
+        if self.spool is not None:
+            path, count = self.spool.path, self.spool.count
+            if not self.spool.close():
+                self._display.warning(f"audit: {count} record(s) of this run could not be written to the trail; "
+                                      f"they are kept in {path} and the next run appends them")
+            self.spool = None
+        if self.trail is not None:
+            self.trail.close()
 
     # --- secrets ----------------------------------------------------------------------------
 
@@ -175,12 +379,31 @@ class CallbackModule(CallbackBase):
         inventory = getattr(manager, "_inventory", None)
         if inventory is None:
             return
-        for host in inventory.get_hosts(ignore_restrictions=True):
+        hosts = list(inventory.get_hosts(ignore_restrictions=True))
+        local = inventory.get_host("localhost")
+        for host in ([local] if local is not None and local not in hosts else []) + hosts:
             try:
-                self.redactor.learn_from(manager.get_vars(host=host, include_hostvars=False))
+                hostvars = manager.get_vars(play=play, host=host, include_hostvars=False)
+                self.redactor.learn_from(hostvars)
+                self._learn_conf(play, hostvars)
             except Exception as e:  # noqa: BLE001 - an inventory that cannot be read is reported, not fatal
                 self._display.warning(self.redactor.redact_text(
                     f"audit: could not read the variables of {host} for redaction: {e}"))
+
+    def _learn_conf(self, play: Any, hostvars: dict[str, Any]) -> None:
+        """The audit key and the state store from the first host that has them (group_vars/all in practice)."""
+        for name in (KEY_VAR, STORE_VAR, DSN_VAR):
+            if name in self.inventory_conf or hostvars.get(name) in (None, ""):
+                continue
+            value = hostvars[name]
+            try:
+                from ansible.template import Templar  # pylint: disable=import-outside-toplevel
+                value = Templar(loader=getattr(play, "_loader", None), variables=hostvars).template(value)
+            except Exception:  # noqa: BLE001 - an untemplatable value is used as it is  # pylint: disable=broad-except
+                pass
+            self.inventory_conf[name] = str(value)
+            if name != STORE_VAR:
+                self.redactor.learn(str(value))
 
     # --- change record ----------------------------------------------------------------------
 
@@ -214,9 +437,11 @@ class CallbackModule(CallbackBase):
 
     def _close_if_interrupted(self) -> None:
         # Ctrl-C or a cancel that lets Python exit: close the change as canceled. A SIGKILL runs
-        # nothing here; the history shows such a run as interrupted.
+        # nothing here; the history shows such a run as interrupted, and its spool (if any) is
+        # appended by the next run.
         if self.opened and not self.closed and not self.skip:
             self._close("canceled", {})
+            self._finish()
 
     def _close(self, outcome: str, stats: dict[str, Any]) -> None:
         self.closed = True
@@ -242,12 +467,19 @@ class CallbackModule(CallbackBase):
                     res={"hosts": len(per_host)}, duration_s=None)
         if self.opened and not self.closed:
             self._close(self._outcome(per_host), per_host)
+        if not self.skip:
+            self._finish()
 
     # --- events -----------------------------------------------------------------------------
 
     def v2_playbook_on_play_start(self, play):
         self.play_name = play.get_name()
+        if self.skip:
+            return
         self._learn_inventory_secrets(play)
+        if not self.resolved:
+            self._resolve()
+            self._flush()
         self._write("event", event="playbook_on_play_start", play=self.play_name, task=None, host=None,
                     changed=None, res={"hosts": list(play.hosts) if isinstance(play.hosts, list) else play.hosts},
                     duration_s=None)

@@ -2,20 +2,36 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""The audit trail: a hash-chained, append-only JSON Lines file of playbook runs.
+"""The audit trail's record format, its chain, and the two backends that keep it.
 
-One record per line (keys sorted, compact separators, UTF-8). Every record carries ``seq``
-(1, 2, 3, ... over the whole file), ``prev`` (the ``hash`` of the record before it, ``"0" * 64``
-for the first) and ``hash`` (sha256 of the canonical JSON of the record without ``hash``), so
-an edited, removed, inserted or reordered record breaks the chain where it happened.
-The format is the contract in docs/audit.md; the audit callback writes it, the audit_trail
-module reads it. Writers serialise on an exclusive ``flock`` of the file and fsync every
-append, so concurrent runs interleave whole records and a killed run leaves only whole
-records behind.
+One record is one JSON object (keys sorted, compact separators, UTF-8; :func:`canonical`). Every
+record carries ``seq`` (1, 2, 3, ... over the whole trail), ``prev`` (the ``hash`` of the record
+before it, ``"0" * 64`` for the first), ``mac`` (how ``hash`` was computed) and ``hash``:
 
-Redaction (what is cut out of a record before it is hashed and written) is in ``_redact``;
-its names are re-exported here. This module is pure stdlib; it raises :class:`AuditError`
-with a message naming the file and the fix, which the module turns into ``fail_json``.
+* ``mac: "hmac-sha256"``: HMAC-SHA256, with the audit key, of the canonical JSON of the record
+  without ``hash``. The key is never stored beside the trail (it comes from the vault or an AWX
+  credential as ``exchange_audit_key``, or from a 0400 key file), so someone who can write the
+  trail but has no key cannot recompute a chain that verifies.
+* ``mac: "sha256"`` (and every record of format ``v: 1``, which has no ``mac``): plain sha256. A
+  trail of such records is *unkeyed*: its chain finds accidents and careless edits, not someone
+  who recomputes every hash.
+
+An edited, removed, inserted or reordered record breaks the chain where it happened. With a key,
+a plain record after a keyed one, or a trail with no keyed record at all, is a problem as well
+(a chain recomputed without the key). Plain records before the first keyed one are the trail as
+it was before a key was configured; the first keyed record's ``prev`` seals them.
+
+Backends (one interface, :class:`Trail`; :func:`open_trail` picks one from the state store
+setting):
+
+* :class:`FileTrail`: JSON Lines; writers serialise on an exclusive ``flock`` and fsync every
+  append, so concurrent runs interleave whole records and a killed run leaves whole records.
+* ``PgTrail`` (``_audit_pg``): the ``exchpatch_audit`` table of the PostgreSQL state store,
+  append-only by trigger and grants, one chain for every controller; its head row keeps the
+  last link so records removed from the end are found.
+
+The format is the contract in docs/audit.md. Pure stdlib; raises :class:`AuditError` with a
+message naming the trail and the fix, which modules turn into ``fail_json``.
 """
 
 from __future__ import annotations
@@ -24,23 +40,22 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-VERSION = 1
+VERSION = 2
 GENESIS = "0" * 64
 KINDS = ("change_opened", "event", "change_updated", "change_closed")
-OUTCOMES = ("successful", "failed", "rolled_back", "halted", "canceled", "check", "refused")
-FAILED_OUTCOMES = ("rolled_back", "failed", "halted")
-INTERRUPTED = "interrupted"
-DEPLOY_PLAYBOOK = "rolling_patch.yml"
-ROLLBACK_PLAYBOOK = "rollback.yml"
-PLAN_PLAYBOOK = "plan.yml"
-# Keys every record must carry, and the extra keys of each kind.
+MAC_HMAC = "hmac-sha256"
+MAC_PLAIN = "sha256"
+MACS = (MAC_HMAC, MAC_PLAIN)
+# Keys every record must carry (v2 adds mac), and the extra keys of each kind.
 BASE_KEYS = ("v", "seq", "ts", "run", "kind", "prev", "hash")
 KIND_KEYS = {
     "change_opened": ("playbook", "operator", "check_mode"),
@@ -48,11 +63,19 @@ KIND_KEYS = {
     "event": ("event",),
     "change_closed": ("outcome", "started", "finished"),
 }
+ENV_KEY_FILE = "EXCHPATCH_AUDIT_KEY_FILE"
+MIN_KEY_LEN = 16
+# verification outcomes
+VERIFIED, UNKEYED, BROKEN = "verified", "unkeyed", "broken"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class AuditError(Exception):
-    """A problem with the audit file itself (unreadable, unwritable); the message names the fix."""
+    """A problem with the audit trail itself (unreadable, unwritable, bad key); the message names the fix."""
+
+
+class TrailUnavailable(AuditError):
+    """The trail's store cannot be reached right now (database down); records can be retried later."""
 
 
 # --- time, paths, canonical form ------------------------------------------------------------
@@ -88,12 +111,92 @@ def canonical(record: Mapping[str, Any]) -> str:
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
-    """sha256 hex of the canonical JSON of ``record`` without its ``hash`` key."""
+    """sha256 hex of the canonical JSON of ``record`` without its ``hash`` key (a plain link)."""
     body = {k: v for k, v in record.items() if k != "hash"}
     return hashlib.sha256(canonical(body).encode("utf-8")).hexdigest()
 
 
-# --- event values ---------------------------------------------------------------------------
+# --- the key ---------------------------------------------------------------------------------
+
+def load_key(key: str | bytes | None = None, key_file: str | None = None,
+             environ: Mapping[str, str] | None = None) -> bytes | None:
+    """The audit key: ``key`` (the vaulted ``exchange_audit_key``) when given, else the content of
+    ``key_file`` or ``$EXCHPATCH_AUDIT_KEY_FILE`` (a regular file no group or other may read), else
+    None (an unkeyed trail). The key is never part of an error message."""
+    env = os.environ if environ is None else environ
+    if key is not None and key != "":
+        raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+        raw = raw.strip()
+        if len(raw) < MIN_KEY_LEN:
+            raise AuditError(f"the audit key (exchange_audit_key) is shorter than {MIN_KEY_LEN} characters; "
+                             "generate one with: openssl rand -hex 32")
+        return raw
+    path = key_file or env.get(ENV_KEY_FILE) or None
+    if not path:
+        return None
+    path = os.path.expanduser(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise AuditError(f"{path}: cannot read the audit key file ({e.strerror}); point {ENV_KEY_FILE} or "
+                         "[exchpatch_audit] key_file at a readable file (mode 0400)") from e
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise AuditError(f"{path}: the audit key file is not a regular file; give a file of mode 0400")
+        if info.st_mode & 0o077:
+            raise AuditError(f"{path}: the audit key file is readable or writable by group or others "
+                             f"(mode {stat.S_IMODE(info.st_mode):04o}); chmod 400 {path}")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            raw = fh.read(4096).strip()
+    finally:
+        os.close(fd)
+    if len(raw) < MIN_KEY_LEN:
+        raise AuditError(f"{path}: the audit key is shorter than {MIN_KEY_LEN} characters; "
+                         f"write a new one with: openssl rand -hex 32 > {path}")
+    return raw
+
+
+def record_mac(record: Mapping[str, Any]) -> str:
+    """How ``record`` says it was linked: its ``mac``, or plain sha256 for format v1."""
+    mac = record.get("mac")
+    if mac is None and record.get("v") == 1:
+        return MAC_PLAIN
+    return mac if isinstance(mac, str) else ""
+
+
+def link(record: Mapping[str, Any], key: bytes | None = None) -> str:
+    """The ``hash`` of ``record`` (without its ``hash`` key) by its ``mac``: HMAC-SHA256 with
+    ``key``, or plain sha256."""
+    body = canonical({k: v for k, v in record.items() if k != "hash"}).encode("utf-8")
+    if record_mac(record) == MAC_HMAC:
+        if not key:
+            raise AuditError("an hmac-sha256 record cannot be linked without the audit key")
+        return hmac.new(key, body, hashlib.sha256).hexdigest()
+    return hashlib.sha256(body).hexdigest()
+
+
+def chain(records: Iterable[Mapping[str, Any]], seq: int, prev: str, key: bytes | None,
+          now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """``records`` (each with at least ``run`` and ``kind``) made into links after ``seq``/``prev``:
+    ``v``, ``seq``, ``prev``, ``mac``, ``hash`` (and ``ts`` when missing) are filled in here."""
+    out: list[dict[str, Any]] = []
+    for rec in records:
+        full = dict(rec)
+        full.pop("hash", None)
+        full["v"] = VERSION
+        full.setdefault("ts", iso(now or utc_now()))
+        seq += 1
+        full["seq"] = seq
+        full["prev"] = prev
+        full["mac"] = MAC_HMAC if key else MAC_PLAIN
+        full["hash"] = link(full, key)
+        prev = full["hash"]
+        out.append(full)
+    return out
+
+
+# --- event values ----------------------------------------------------------------------------
 
 def trim(value: Any, limit: int = 2000) -> Any:
     """A value small enough for an event record: strings over ``limit`` characters are cut, and
@@ -114,7 +217,206 @@ def trim(value: Any, limit: int = 2000) -> Any:
     return value
 
 
-# --- writing --------------------------------------------------------------------------------
+# --- verifying (any backend) -----------------------------------------------------------------
+
+@dataclass
+class Problem:
+    """One break in the chain: the 1-based line (position in the trail), the record's seq (if
+    readable) and what is wrong."""
+
+    line: int
+    seq: int | None
+    what: str
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" + (f" (seq {self.seq})" if self.seq is not None else "")
+        return f"{where}: {self.what}"
+
+
+@dataclass
+class Verification:
+    """What verify found: records read, problems, how many records were checked with the key
+    (``keyed``), how many are plain sha256 (``unkeyed``), and whether a key was configured."""
+
+    records: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    keyed: int = 0
+    unkeyed: int = 0
+    unchecked: int = 0
+    key_configured: bool = False
+
+    @property
+    def status(self) -> str:
+        """``broken`` (a problem), ``verified`` (every link checked, keyed records checked with the
+        key), or ``unkeyed`` (the chain is consistent, but no key vouches for it)."""
+        if self.problems:
+            return BROKEN
+        if self.key_configured and self.keyed and not self.unchecked:
+            return VERIFIED
+        return UNKEYED
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        if self.problems:
+            return f"{len(self.problems)} problem(s), first at {self.problems[0]}"
+        if self.status == VERIFIED:
+            text = f"{self.records} records, HMAC chain verified with the audit key"
+            if self.unkeyed:
+                text += (f" ({self.unkeyed} plain sha256 record(s) from before the key was configured, sealed by the "
+                         "first keyed record)")
+            return text
+        if self.unchecked:
+            return (f"UNKEYED CHECK: {self.records} records, links consistent, but {self.unchecked} keyed record(s) "
+                    "were not checked because no audit key is configured (exchange_audit_key or "
+                    f"{ENV_KEY_FILE}); this is not a verification of a keyed trail")
+        return (f"UNKEYED TRAIL: {self.records} records linked with plain sha256, links consistent; anyone who can "
+                "write the trail could have recomputed it. Configure an audit key (exchange_audit_key or "
+                f"{ENV_KEY_FILE}) so new records are keyed")
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "status": self.status, "records": self.records, "keyed": self.keyed,
+                "unkeyed": self.unkeyed, "unchecked": self.unchecked, "key_configured": self.key_configured,
+                "problems": [p.as_json() for p in self.problems], "summary": self.summary()}
+
+
+def check(entries: Iterable[tuple[int, str, bool]], key: bytes | None = None) -> Verification:
+    """Verify ``entries`` (position, record text, ended with a newline), in trail order: each
+    record's link (HMAC with ``key``, or sha256), its ``prev`` and ``seq`` continuity, and with a
+    key that no plain record follows a keyed one and that some record is keyed. After a break the
+    chain is re-anchored on the record found, so one tampered spot is reported where it is."""
+    v = Verification(key_configured=bool(key))
+    problems = v.problems
+    prev_hash, prev_seq, prev_line = GENESIS, 0, 0
+    first_line = None
+    for number, text, ended in entries:
+        if not text.strip():
+            problems.append(Problem(number, None, "empty line: the trail was edited"))
+            continue
+        try:
+            rec = json.loads(text)
+        except ValueError:
+            what = ("truncated record: the last line is cut short and has no newline" if not ended
+                    else "not a JSON record: the line was edited or corrupted")
+            problems.append(Problem(number, None, what))
+            continue
+        if not isinstance(rec, dict):
+            problems.append(Problem(number, None, "not a JSON object: the line was edited"))
+            continue
+        v.records += 1
+        first_line = first_line or number
+        seq = rec.get("seq") if isinstance(rec.get("seq"), int) and not isinstance(rec.get("seq"), bool) else None
+        mac = record_mac(rec)
+        needed = (*BASE_KEYS, *(("mac",) if rec.get("v") != 1 else ()), *KIND_KEYS.get(rec.get("kind"), ()))
+        missing = [k for k in needed if k not in rec]
+        if rec.get("kind") not in KINDS:
+            problems.append(Problem(number, seq, f"unknown kind {rec.get('kind')!r}"))
+        elif missing:
+            problems.append(Problem(number, seq, "missing " + ", ".join(missing)))
+        stored = rec.get("hash")
+        if not isinstance(stored, str) or not _HEX64.match(stored):
+            problems.append(Problem(number, seq, "no valid hash"))
+        elif mac not in MACS:
+            problems.append(Problem(number, seq, f"unknown mac {rec.get('mac')!r}"))
+        elif mac == MAC_HMAC:
+            if key is None:
+                v.unchecked += 1
+            elif not hmac.compare_digest(link(rec, key), stored):
+                v.keyed += 1
+                problems.append(Problem(number, seq, "edited: the HMAC does not match the record's content "
+                                                     "(changed, or recomputed without the audit key)"))
+            else:
+                v.keyed += 1
+        else:
+            v.unkeyed += 1
+            if link(rec) != stored:
+                problems.append(Problem(number, seq, "edited: the hash does not match the record's content"))
+            elif key is not None and (v.keyed or v.unchecked):
+                problems.append(Problem(number, seq, "linked with plain sha256 after keyed records: written or "
+                                                     "recomputed without the audit key"))
+        if rec.get("prev") != prev_hash:
+            before = f"line {prev_line} (seq {prev_seq})" if prev_line else "the start of the trail"
+            problems.append(Problem(number, seq, f"chain broken: prev does not match the hash of {before}; "
+                                                 "a record was removed, inserted or reordered here"))
+        if seq is None:
+            problems.append(Problem(number, None, "no integer seq"))
+        elif seq != prev_seq + 1:
+            if seq > prev_seq + 1:
+                what = f"seq jumps from {prev_seq} to {seq}: {seq - prev_seq - 1} record(s) removed"
+            else:
+                what = f"seq {seq} after {prev_seq}: a record was inserted, duplicated or reordered"
+            problems.append(Problem(number, seq, what))
+        if not ended:
+            problems.append(Problem(number, seq, "the last line has no newline: the trail was cut or edited"))
+        prev_hash = stored if isinstance(stored, str) else ""
+        prev_seq = seq if seq is not None else prev_seq + 1
+        prev_line = number
+    if key is not None and v.records and not v.keyed and not v.unchecked:
+        problems.append(Problem(first_line or 1, 1, "no record is keyed although an audit key is configured: the "
+                                                    "trail was recomputed without the key (or the key was configured "
+                                                    "just now and no run has written since)"))
+    problems.sort(key=lambda p: p.line)
+    return v
+
+
+def first_problem(v: Verification) -> str:
+    """The broken record for a refusal: ``line 42 (seq 42): edited: ...``."""
+    return str(v.problems[0]) if v.problems else "no problem"
+
+
+# --- the interface ---------------------------------------------------------------------------
+
+class Trail:
+    """One audit trail, whatever keeps it. ``where`` names it in messages (never a password)."""
+
+    where = "audit trail"
+
+    def append(self, records: Iterable[Mapping[str, Any]], now: dt.datetime | None = None) -> list[dict[str, Any]]:
+        """Chain ``records`` after the last one and store them all or none; return them as written."""
+        raise NotImplementedError
+
+    def entries(self) -> Iterator[tuple[int, str, bool]]:
+        """(position, record text, whole) in trail order. FileNotFoundError when there is no trail."""
+        raise NotImplementedError
+
+    def verify(self) -> Verification:
+        return check(self.entries(), self.key)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every parseable record in trail order (unreadable ones are for verify to report)."""
+        out = []
+        try:
+            for _number, text, _ended in self.entries():
+                try:
+                    rec = json.loads(text)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and rec.get("kind") in KINDS:
+                    out.append(rec)
+        except FileNotFoundError:
+            return []
+        return out
+
+    def export(self, dest: str) -> int:
+        """Write the trail as JSON Lines to ``dest`` (atomically, 0600); the number of records.
+        The export verifies with the same verify (and key) as the trail it came from."""
+        lines = [text + "\n" for _number, text, _ended in self.entries()]
+        write_text_atomic(dest, "".join(lines), mode=0o600)
+        return len(lines)
+
+    def close(self) -> None:
+        """Release what the backend holds (a database connection)."""
+
+    key: bytes | None = None
+
+
+
+# --- the file backend -------------------------------------------------------------------------
 
 def _tail_record(fh) -> tuple[dict[str, Any] | None, bool]:
     """The last parseable record of an open file, and whether the file ends mid-line."""
@@ -158,34 +460,20 @@ def _open_for_append(path: str) -> int:
                          "make its folder writable or point EXCHPATCH_AUDIT_FILE elsewhere") from e
 
 
-def append(path: str, records: Iterable[Mapping[str, Any]], now: dt.datetime | None = None) -> list[dict[str, Any]]:
-    """Chain and append ``records`` (each with at least ``run`` and ``kind``) under an exclusive
-    flock, fsync, and return them as written. ``v``, ``seq``, ``prev``, ``hash`` (and ``ts`` when
-    missing) are filled in here. A file ending mid-line (a tampered or torn tail) gets a newline
-    first, so the torn line stays visible to verify and the chain continues from the last
-    whole record."""
+def append(path: str, records: Iterable[Mapping[str, Any]], now: dt.datetime | None = None,
+           key: bytes | None = None) -> list[dict[str, Any]]:
+    """Chain and append ``records`` to the file under an exclusive flock, fsync, and return them as
+    written (see :func:`chain`). A file ending mid-line (a tampered or torn tail) gets a newline
+    first, so the torn line stays visible to verify and the chain continues from the last whole
+    record."""
     fd = _open_for_append(path)
     with os.fdopen(fd, "r+b") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             last, partial = _tail_record(fh)
-            seq = last["seq"] if last else 0
-            prev = last["hash"] if last else GENESIS
-            out: list[dict[str, Any]] = []
-            lines: list[str] = ["\n"] if partial else []
-            for rec in records:
-                full = dict(rec)
-                full["v"] = VERSION
-                full.setdefault("ts", iso(now or utc_now()))
-                seq += 1
-                full["seq"] = seq
-                full["prev"] = prev
-                full.pop("hash", None)
-                full["hash"] = record_hash(full)
-                prev = full["hash"]
-                lines.append(canonical(full) + "\n")
-                out.append(full)
-            if lines:
+            out = chain(records, last["seq"] if last else 0, last["hash"] if last else GENESIS, key, now)
+            lines = (["\n"] if partial else []) + [canonical(r) + "\n" for r in out]
+            if out or partial:
                 os.write(fh.fileno(), "".join(lines).encode("utf-8"))
                 os.fsync(fh.fileno())
             return out
@@ -194,24 +482,6 @@ def append(path: str, records: Iterable[Mapping[str, Any]], now: dt.datetime | N
                              "check the disk and the file's permissions") from e
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-# --- reading and verifying ------------------------------------------------------------------
-
-@dataclass
-class Problem:
-    """One break in the chain: the 1-based line, the record's seq (if readable) and what is wrong."""
-
-    line: int
-    seq: int | None
-    what: str
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        where = f"line {self.line}" + (f" (seq {self.seq})" if self.seq is not None else "")
-        return f"{where}: {self.what}"
 
 
 def iter_lines(path: str) -> Iterator[tuple[int, str, bool]]:
@@ -227,397 +497,55 @@ def iter_lines(path: str) -> Iterator[tuple[int, str, bool]]:
 
 
 def read_records(path: str) -> list[dict[str, Any]]:
-    """Every parseable record, in file order (unreadable lines are skipped: verify reports them).
-    A missing file is an empty trail."""
-    records = []
-    try:
-        for _number, text, _ended in iter_lines(path):
-            if not text.strip():
-                continue
-            try:
-                rec = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("kind") in KINDS:
-                records.append(rec)
-    except FileNotFoundError:
-        return []
-    return records
+    """Every parseable record of the file, in file order. A missing file is an empty trail."""
+    return FileTrail(path).records()
 
 
-def verify(path: str) -> tuple[int, list[Problem]]:
-    """Check every record's hash, its ``prev`` link and ``seq`` continuity; return the number of
-    records read and the problems, each naming its line and seq. After a break the chain is
-    re-anchored on the record found, so one tampered spot is reported where it is, not on
-    every record after it. Raises FileNotFoundError when there is no file."""
-    problems: list[Problem] = []
-    count = 0
-    prev_hash, prev_seq, prev_line = GENESIS, 0, 0
+def verify(path: str, key: bytes | None = None) -> tuple[int, list[Problem]]:
+    """The number of records and the problems of the file trail (see :func:`check`). Raises
+    FileNotFoundError when there is no file."""
     if not os.path.exists(path):
         raise FileNotFoundError(path)
-    for number, text, ended in iter_lines(path):
-        if not text.strip():
-            problems.append(Problem(number, None, "empty line: the file was edited"))
-            continue
-        try:
-            rec = json.loads(text)
-        except ValueError:
-            what = ("truncated record: the last line is cut short and has no newline" if not ended
-                    else "not a JSON record: the line was edited or corrupted")
-            problems.append(Problem(number, None, what))
-            continue
-        if not isinstance(rec, dict):
-            problems.append(Problem(number, None, "not a JSON object: the line was edited"))
-            continue
-        count += 1
-        seq = rec.get("seq") if isinstance(rec.get("seq"), int) else None
-        missing = [k for k in (*BASE_KEYS, *KIND_KEYS.get(rec.get("kind"), ())) if k not in rec]
-        if rec.get("kind") not in KINDS:
-            problems.append(Problem(number, seq, f"unknown kind {rec.get('kind')!r}"))
-        elif missing:
-            problems.append(Problem(number, seq, "missing " + ", ".join(missing)))
-        stored = rec.get("hash")
-        if not isinstance(stored, str) or not _HEX64.match(stored):
-            problems.append(Problem(number, seq, "no valid hash"))
-        elif record_hash(rec) != stored:
-            problems.append(Problem(number, seq, "edited: the hash does not match the record's content"))
-        if rec.get("prev") != prev_hash:
-            before = f"line {prev_line} (seq {prev_seq})" if prev_line else "the start of the file"
-            problems.append(Problem(number, seq, f"chain broken: prev does not match the hash of {before}; "
-                                                 "a record was removed, inserted or reordered here"))
-        if seq is None:
-            problems.append(Problem(number, None, "no integer seq"))
-        elif seq != prev_seq + 1:
-            if seq > prev_seq + 1:
-                what = f"seq jumps from {prev_seq} to {seq}: {seq - prev_seq - 1} record(s) removed"
-            else:
-                what = f"seq {seq} after {prev_seq}: a record was inserted, duplicated or reordered"
-            problems.append(Problem(number, seq, what))
-        if not ended:
-            problems.append(Problem(number, seq, "the last line has no newline: the file was cut or edited"))
-        prev_hash = stored if isinstance(stored, str) else ""
-        prev_seq = seq if seq is not None else prev_seq + 1
-        prev_line = number
-    return count, problems
+    v = check(iter_lines(path), key)
+    return v.records, list(v.problems)
 
 
-# --- runs, changes, history -----------------------------------------------------------------
+class FileTrail(Trail):
+    """The JSON Lines file trail."""
 
-@dataclass
-class Run:
-    """One playbook run: its records and the merged change record."""
+    def __init__(self, path: str, key: bytes | None = None) -> None:
+        self.path = path
+        self.where = path
+        self.key = key
 
-    run: str
-    records: list[dict[str, Any]] = field(default_factory=list)
-    change: dict[str, Any] = field(default_factory=dict)
-    opened: dict[str, Any] | None = None
-    closed: dict[str, Any] | None = None
+    def append(self, records: Iterable[Mapping[str, Any]], now: dt.datetime | None = None) -> list[dict[str, Any]]:
+        return append(self.path, records, now, self.key)
 
-    @property
-    def playbook(self) -> str | None:
-        return self.change.get("playbook")
-
-    @property
-    def outcome(self) -> str:
-        return self.change.get("outcome") or INTERRUPTED
-
-    @property
-    def started(self) -> dt.datetime | None:
-        text = self.change.get("started")
-        return parse_ts(text) if text else None
-
-    @property
-    def finished(self) -> dt.datetime | None:
-        text = self.change.get("finished")
-        return parse_ts(text) if text and self.closed else None
-
-    @property
-    def check_mode(self) -> bool:
-        return bool(self.change.get("check_mode")) or self.outcome == "check"
-
-    @property
-    def cves(self) -> list[str]:
-        return [str(c) for c in self.change.get("cves") or []]
+    def entries(self) -> Iterator[tuple[int, str, bool]]:
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(self.path)
+        return iter_lines(self.path)
 
 
-OPENED_FIELDS = ("playbook", "operator", "approver", "reason", "emergency", "patch_id", "component", "check_mode",
-                 "extra_vars")
-
-
-def group_runs(records: Iterable[Mapping[str, Any]]) -> list[Run]:
-    """Runs in the order they were opened. Records of concurrent runs interleave in the file and
-    are told apart by ``run``; a run id reused after its change was closed starts a new run
-    (``<id>#2``). The change merges change_opened, every change_updated (later values win;
-    null never overwrites a value) and change_closed (outcome, stats, finished). A run with no
-    change_closed has outcome ``interrupted``."""
-    runs: list[Run] = []
-    current: dict[str, Run] = {}
-    seen: dict[str, int] = {}
-    for rec in records:
-        rid = str(rec.get("run"))
-        kind = rec.get("kind")
-        run = current.get(rid)
-        if kind == "change_opened" and (run is None or run.opened is not None):
-            seen[rid] = seen.get(rid, 0) + 1
-            run = Run(rid if seen[rid] == 1 else f"{rid}#{seen[rid]}")
-            current[rid] = run
-            runs.append(run)
-        elif run is None:
-            # records of a run whose opening is not in this file (e.g. trail rotated)
-            seen[rid] = seen.get(rid, 0) + 1
-            run = Run(rid if seen[rid] == 1 else f"{rid}#{seen[rid]}")
-            run.change["started"] = rec.get("ts")
-            current[rid] = run
-            runs.append(run)
-        run.records.append(dict(rec))
-        if kind == "change_opened":
-            run.opened = dict(rec)
-            for key in OPENED_FIELDS:
-                if key in rec:
-                    run.change[key] = rec[key]
-            run.change["run"] = run.run
-            run.change["started"] = rec.get("ts")
-        elif kind == "change_updated" and isinstance(rec.get("change"), Mapping):
-            for key, value in rec["change"].items():
-                if value is not None or key not in run.change:
-                    run.change[key] = value
-        elif kind == "change_closed":
-            run.closed = dict(rec)
-            run.change["outcome"] = rec.get("outcome")
-            run.change["stats"] = rec.get("stats")
-            run.change["started"] = rec.get("started") or run.change.get("started")
-            run.change["finished"] = rec.get("finished") or rec.get("ts")
-    for run in runs:
-        run.change.setdefault("run", run.run)
-        run.change.setdefault("outcome", INTERRUPTED)
-        if run.closed is None:
-            run.change["outcome"] = INTERRUPTED
-            run.change["last_record"] = run.records[-1].get("ts") if run.records else None
-    return runs
-
-
-def find_run(runs: list[Run], run_id: str | None) -> Run:
-    """The run with that id (or id prefix), or the last run when ``run_id`` is empty."""
-    if not runs:
-        raise LookupError("the audit trail has no runs yet")
-    if not run_id:
-        return runs[-1]
-    exact = [r for r in runs if r.run == run_id]
-    if exact:
-        return exact[-1]
-    prefixed = [r for r in runs if r.run.startswith(run_id)]
-    if len(prefixed) == 1:
-        return prefixed[0]
-    if prefixed:
-        raise LookupError(f"run id {run_id!r} is ambiguous: " + ", ".join(r.run for r in prefixed[:5]))
-    raise LookupError(f"no run {run_id!r} in the audit trail; see the history for run ids")
-
-
-def history(runs: Iterable[Run]) -> list[dict[str, Any]]:
-    """One row per run, oldest first."""
-    rows = []
-    for run in runs:
-        c = run.change
-        started, finished = run.started, run.finished
-        rows.append({
-            "run": run.run,
-            "playbook": c.get("playbook"),
-            "patch_id": c.get("patch_id"),
-            "component": c.get("component"),
-            "version": c.get("version"),
-            "cves": run.cves,
-            "operator": c.get("operator"),
-            "approver": c.get("approver"),
-            "reason": c.get("reason"),
-            "emergency": bool(c.get("emergency")),
-            "check_mode": run.check_mode,
-            "outcome": run.outcome,
-            "started": c.get("started"),
-            "finished": c.get("finished") if run.closed else None,
-            "duration_s": round((finished - started).total_seconds(), 3) if started and finished else None,
-        })
-    return rows
-
-
-# --- metrics --------------------------------------------------------------------------------
-
-def _is_deployment(run: Run) -> bool:
-    # a refused run (preflight failed: bad patch id, lock held, freeze window) changed nothing
-    return run.playbook == DEPLOY_PLAYBOOK and not run.check_mode and run.outcome != "refused"
-
-
-def _is_rollback(run: Run) -> bool:
-    return (run.playbook == ROLLBACK_PLAYBOOK and not run.check_mode) or (
-        _is_deployment(run) and run.outcome == "rolled_back")
-
-
-def _first_failure(run: Run) -> dt.datetime | None:
-    for rec in run.records:
-        if rec.get("kind") == "event" and rec.get("event") in ("runner_on_failed", "runner_on_unreachable") \
-                and not rec.get("ignored"):
-            return parse_ts(rec["ts"])
-    return None
-
-
-def _seconds(a: dt.datetime, b: dt.datetime) -> float:
-    return round((b - a).total_seconds(), 3)
-
-
-def metrics(runs: list[Run], now: dt.datetime | None = None) -> dict[str, Any]:
-    """Deployments, rollbacks, change failure rate, MTTR per CVE and time to restore, as defined
-    in docs/audit.md (section "Metrics")."""
-    now = now or utc_now()
-    deployments = [r for r in runs if _is_deployment(r)]
-    failed = [r for r in deployments if r.outcome in FAILED_OUTCOMES]
-    rollbacks = [r for r in runs if _is_rollback(r)]
-    outcomes: dict[str, dict[str, int]] = {}
-    for run in runs:
-        per = outcomes.setdefault(run.playbook or "unknown", {})
-        per[run.outcome] = per.get(run.outcome, 0) + 1
-
-    # MTTR per CVE
-    first_seen: dict[str, tuple[dt.datetime, str]] = {}
-    for run in runs:
-        seen = run.change.get("cve_first_seen")
-        if run.playbook == PLAN_PLAYBOOK and isinstance(seen, Mapping):
-            for cve, day in seen.items():
-                try:
-                    when = parse_ts(str(day))
-                except ValueError:
-                    continue
-                if cve not in first_seen or when < first_seen[cve][0]:
-                    first_seen[cve] = (when, f"feed date in plan run {run.run}")
-    for run in runs:
-        if run.started is None:
-            continue
-        for cve in run.cves:
-            if cve not in first_seen:
-                first_seen[cve] = (run.started, f"change_opened of run {run.run}")
-    fixed: dict[str, Run] = {}
-    for run in deployments:
-        if run.outcome == "successful" and run.finished is not None:
-            for cve in run.cves:
-                fixed.setdefault(cve, run)
-    per_cve = []
-    for cve in sorted(first_seen):
-        seen_at, source = first_seen[cve]
-        row: dict[str, Any] = {"cve": cve, "first_seen": iso(seen_at), "first_seen_source": source}
-        by = fixed.get(cve)
-        if by is not None and by.finished is not None:
-            row.update(status="fixed", fixed_at=iso(by.finished), fixed_by_run=by.run,
-                       patch_id=by.change.get("patch_id"), version=by.change.get("version"),
-                       mttr_s=_seconds(seen_at, by.finished))
-        else:
-            row.update(status="open", fixed_at=None, fixed_by_run=None, patch_id=None, version=None,
-                       mttr_s=None, age_s=_seconds(seen_at, now))
-        per_cve.append(row)
-    fixed_rows = [r for r in per_cve if r["status"] == "fixed"]
-
-    # time to restore
-    restores = []
-    for run in failed:
-        failed_at = _first_failure(run) or run.started
-        restored_at, restored_by = None, None
-        if run.outcome == "rolled_back" and run.change.get("converged_version") and run.finished:
-            restored_at, restored_by = run.finished, run.run
-        else:
-            component = run.change.get("component")
-            for later in runs:
-                if (later.playbook in (DEPLOY_PLAYBOOK, ROLLBACK_PLAYBOOK) and not later.check_mode
-                        and later.outcome == "successful" and later.finished is not None
-                        and later.change.get("component") == component
-                        and failed_at is not None and later.finished > failed_at):
-                    restored_at, restored_by = later.finished, later.run
-                    break
-        row = {"run": run.run, "patch_id": run.change.get("patch_id"), "component": run.change.get("component"),
-               "outcome": run.outcome, "failed_at": iso(failed_at) if failed_at else None,
-               "restored_at": iso(restored_at) if restored_at else None, "restored_by_run": restored_by,
-               "time_to_restore_s": _seconds(failed_at, restored_at) if failed_at and restored_at else None}
-        if restored_at is None and failed_at is not None:
-            row["unrestored_for_s"] = _seconds(failed_at, now)
-        restores.append(row)
-    restored = [r["time_to_restore_s"] for r in restores if r["time_to_restore_s"] is not None]
-
-    return {
-        "generated_at": iso(now),
-        "runs": len(runs),
-        "deployments": len(deployments),
-        "failed_deployments": len(failed),
-        "rollbacks": len(rollbacks),
-        "change_failure_rate": round(len(failed) / len(deployments), 6) if deployments else None,
-        "outcomes": outcomes,
-        "mttr": {
-            "per_cve": per_cve,
-            "fixed": len(fixed_rows),
-            "open": [r["cve"] for r in per_cve if r["status"] == "open"],
-            "mean_s": round(sum(r["mttr_s"] for r in fixed_rows) / len(fixed_rows), 3) if fixed_rows else None,
-        },
-        "time_to_restore": restores,
-        "mean_time_to_restore_s": round(sum(restored) / len(restored), 3) if restored else None,
-    }
-
-
-# --- Prometheus text format -----------------------------------------------------------------
-
-def _label(value: Any) -> str:
-    text = "" if value is None else str(value)
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _number(value: float | int) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    return repr(float(value))
-
-
-def prometheus(m: Mapping[str, Any]) -> str:
-    """The metrics in the Prometheus text exposition format (0.0.4), names prefixed ``exchpatch_``,
-    for a node-exporter textfile collector."""
-    out: list[str] = []
-
-    def family(name: str, kind: str, helptext: str, samples: list[tuple[dict[str, Any], Any]]) -> None:
-        out.append(f"# HELP exchpatch_{name} {_help(helptext)}")
-        out.append(f"# TYPE exchpatch_{name} {kind}")
-        for labels, value in samples:
-            if value is None:
-                continue
-            text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-            out.append(f"exchpatch_{name}{{{text}}} {_number(value)}" if text else f"exchpatch_{name} {_number(value)}")
-
-    family("deployments_total", "counter", "Non-check runs of rolling_patch.yml in the audit trail.",
-           [({}, m["deployments"])])
-    family("failed_deployments_total", "counter",
-           "Deployments whose outcome was rolled_back, failed or halted.", [({}, m["failed_deployments"])])
-    family("rollbacks_total", "counter",
-           "Runs of rollback.yml plus rolling_patch.yml runs that rolled back.", [({}, m["rollbacks"])])
-    family("change_failure_rate", "gauge", "Failed deployments divided by deployments (0 to 1).",
-           [({}, m["change_failure_rate"])])
-    family("runs_total", "counter", "Playbook runs in the audit trail by playbook and outcome.",
-           [({"playbook": pb, "outcome": oc}, n) for pb, per in sorted(m["outcomes"].items())
-            for oc, n in sorted(per.items())])
-    mttr = m["mttr"]
-    family("cve_time_to_remediate_seconds", "gauge",
-           "Per fixed CVE: seconds from first seen (feed date, KEV dateAdded, or first run naming it) to the end "
-           "of the first successful deployment of a patch fixing it.",
-           [({"cve": r["cve"], "patch_id": r["patch_id"]}, r["mttr_s"]) for r in mttr["per_cve"]
-            if r["status"] == "fixed"])
-    family("cve_open_age_seconds", "gauge", "Per CVE with no successful deployment yet: seconds since first seen.",
-           [({"cve": r["cve"]}, r["age_s"]) for r in mttr["per_cve"] if r["status"] == "open"])
-    family("mttr_seconds", "gauge", "Mean time to remediate over fixed CVEs.", [({}, mttr["mean_s"])])
-    family("open_cves", "gauge", "CVEs seen with no successful deployment fixing them yet.",
-           [({}, len(mttr["open"]))])
-    family("time_to_restore_seconds", "gauge",
-           "Per failed deployment: seconds from its first failure to the fleet converged again.",
-           [({"run": r["run"], "patch_id": r["patch_id"]}, r["time_to_restore_s"]) for r in m["time_to_restore"]])
-    family("mean_time_to_restore_seconds", "gauge", "Mean time to restore over restored failed deployments.",
-           [({}, m["mean_time_to_restore_s"])])
-    return "\n".join(out) + "\n"
+def open_trail(path: str | None = None, backend: str | None = None, dsn: str | None = None,
+               key: bytes | None = None, environ: Mapping[str, str] | None = None, connect_timeout: int = 10,
+               file_path: str | None = None) -> Trail:
+    """The trail to use: the file ``path`` when given; else the state store's (``backend``/``dsn``,
+    else ``EXCHPATCH_STATE_STORE``/``_DSN``): the PostgreSQL table, or the file ``file_path``
+    (default :func:`default_path`)."""
+    if path:
+        return FileTrail(os.path.expanduser(path), key)
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.exchangeops.patching.plugins.module_utils import _store
+    try:
+        conf = _store.settings(backend, dsn, environ, connect_timeout)
+    except _store.StoreError as e:
+        raise AuditError(str(e)) from e
+    if conf.is_postgresql:
+        # pylint: disable-next=import-outside-toplevel
+        from ansible_collections.exchangeops.patching.plugins.module_utils._audit_pg import PgTrail
+        return PgTrail(conf, key)
+    return FileTrail(os.path.expanduser(file_path or default_path(environ)), key)
 
 
 def write_text_atomic(path: str, text: str, mode: int = 0o644) -> None:

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""The rollout report: one self-contained HTML page per run, built from its audit records.
+"""The rollout report's HTML view: one self-contained page per run.
 
 ``render_html(change, records, load)`` takes the merged change record of one run, that run's
 audit records in order (see the audit trail contract: ``event`` and ``change_*`` kinds) and,
@@ -12,85 +12,32 @@ escaped (task names come from playbooks, messages from nodes) and redacted again
 (``_redact.redact``: secret-named keys, URL credentials, ``password=...``), so a trail written
 before today's redaction rules does not leak through its report.
 
-The timeline derives each step's phase from its task name with one table, ``PHASE_PATTERNS``
-(first match wins; anything else is ``other``), so keeping the report in step with the
-playbooks means editing that table only. Steps inside a rollback play (``ROLLBACK_PLAY``) are
-drawn over a rollback band, whatever their phase.
-
-Runs on the controller; standard library only. Missing fields, unreachable hosts and runs that
-were cut off (no ``change_closed`` record: outcome ``interrupted``) render as what is known,
-never as success.
+The model it draws (steps, phases, gates, node versions) is ``_report_timeline``; the change
+record is ``_changes.merge_change`` (the same merge as the history and metrics). Runs that were
+cut off (no ``change_closed`` record: outcome ``interrupted``) render as what is known, never as
+success. Runs on the controller; standard library only.
 """
 
 from __future__ import annotations
 
 import html
-import math
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from ansible_collections.exchangeops.patching.plugins.module_utils._changes import merge_change
 from ansible_collections.exchangeops.patching.plugins.module_utils._redact import redact
-
-# --------------------------------------------------------------------------- phases
-
-
-@dataclass(frozen=True)
-class Phase:
-    name: str
-    label: str
-    colour: str
-    meaning: str
-
-
-PHASES = (
-    Phase("preflight", "preflight / lock", "#8e9aaf",
-          "catalog, signature, nodes, calendar, lock, order of the rollout; the lock's release at the end"),
-    Phase("baseline", "baseline", "#b8c4d6", "error rate and p99 sampled before the rollout"),
-    Phase("drain", "drain", "#f2b134", "out of HAProxy, market mode changed, withdrawals paused"),
-    Phase("switch", "switch release", "#6a4c93", "release staged, unpacked beside the old one, symlink switched"),
-    Phase("restart", "restart", "#1982c4", "service restarted"),
-    Phase("switchover", "switchover", "#ff7f50", "primary stepped down, patched standby promoted"),
-    Phase("gate", "health gates", "#2a9d8f", "ready, version, caught up, state hash, error rate, p99, ledger"),
-    Phase("resume", "resume", "#8ac926", "back in HAProxy, withdrawals resumed"),
-    Phase("verify", "verify", "#577590", "every node answers and runs the expected version"),
-    Phase("rollback", "rollback", "#e07a5f", "deciding and queueing the rollback"),
-    Phase("other", "other", "#d3d3d3", "reads and bookkeeping"),
+from ansible_collections.exchangeops.patching.plugins.module_utils._report_timeline import (
+    CONTROLLER,
+    PHASE_BY_NAME,
+    PHASES,
+    Timeline,
+    as_number,
+    as_text,
+    as_time,
+    read_timeline,
 )
-PHASE_BY_NAME = {p.name: p for p in PHASES}
-
-# Task name (case-insensitive search) -> phase; first match wins. Keep in step with
-# playbooks/*.yml, playbooks/tasks/*.yml and roles/*/tasks|handlers/*.yml.
-PHASE_PATTERNS: tuple[tuple[str, str], ...] = (
-    # rollback decisions on the controller (the rollback's own steps keep their phases, on a band)
-    (r"\broll(ed)? (the \w+ node )?back\b|\bfor the rollback\b|\bswitch the node back\b", "rollback"),
-    # drain: load balancer, market mode, withdrawals
-    (r"\bdrain\b|\bmarket mode\b|\bpause withdrawals\b|\bin-flight signing\b", "drain"),
-    # health gates (handlers and traffic gates)
-    (r"\bhealth gates?\b|\bgate the\b|\bgates?\b.*\bbefore the next\b", "gate"),
-    # switchover on a primary: hand over, step down, promote
-    (r"\bstep the primary down\b|\bpromoted?\b|\bhand the (primary role|shard)\b|\bswitchover\b|"
-     r"\bstandby's live status\b", "switchover"),
-    # the release switch
-    (r"\brelease artifacts?\b|\bstage the release\b|\bunpack the release\b|\binstall the release\b|"
-     r"\bswitched to the new release\b|\bwould be installed\b", "switch"),
-    (r"^restart the\b", "restart"),
-    (r"\bresume withdrawals\b|\breturn (the )?\w[\w ]* to haproxy\b|\bmarket open\b", "resume"),
-    (r"\bbaseline\b|\bbefore the rollout\b", "baseline"),
-    (r"\bread every node\b|\bevery node answered\b|\bconverged\b|\bsummarise the fleet\b", "verify"),
-    (r"\bpreflight\b|\bpatch id\b|\brun id\b|\bcatalog\b|\bsignature\b|\bmarket calendar\b|\brollout lock\b|"
-     r"\brollout order\b|\brefuse\b|\bcomponent's inventory group\b|\bqueue the\b|\bshow the plan\b|"
-     r"\brecord the rollout\b|\bevery node of the component\b", "preflight"),
-)
-_PHASE_RES = tuple((re.compile(p, re.IGNORECASE), phase) for p, phase in PHASE_PATTERNS)
-
-# A play whose name matches puts its steps on the rollback band.
-ROLLBACK_PLAY = re.compile(r"^roll(ing)? ?back\b|^roll back\b", re.IGNORECASE)
-
-# Single-node reads whose ``node`` result is the host's own live state (others read a peer).
-OWN_STATE_READS = re.compile(r"^read the (node's|wallet node's) live", re.IGNORECASE)
 
 OUTCOME_COLOURS = {
     "successful": "#2b9348",
@@ -102,249 +49,13 @@ OUTCOME_COLOURS = {
     "refused": "#b5838d",
     "interrupted": "#6c757d",
 }
-RESULT_EVENTS = ("runner_on_ok", "runner_on_failed", "runner_on_unreachable")
-ITEM_EVENTS = ("runner_item_on_ok", "runner_item_on_failed")
-CONTROLLER = "localhost"
-
-
-def phase_of(task: str | None) -> str:
-    """The phase a task belongs to, by its name (``other`` when no pattern matches)."""
-    name = (task or "").strip()
-    for regex, phase in _PHASE_RES:
-        if regex.search(name):
-            return phase
-    return "other"
-
-
-# --------------------------------------------------------------------------- reading records
-
-
-@dataclass
-class Step:
-    host: str
-    task: str
-    play: str
-    phase: str
-    start: float
-    end: float
-    status: str  # ok | changed | failed | unreachable | ignored (a failure the task ignores)
-    msg: str
-    rollback: bool
-    delegated_to: str = ""
-
-
-@dataclass
-class Gate:
-    ts: float
-    host: str
-    task: str
-    passed: bool
-    checks: list[dict[str, Any]]
-    elapsed: Any
-    polls: Any
-    msg: str
-    rollback: bool
-
-
-@dataclass
-class NodeState:
-    before: str | None = None
-    after: str | None = None
-    component: str | None = None
-    ha_role: str | None = None
-    ready: Any = None
-    answered: bool | None = None
-    verified: bool = False
-    error: str = ""
-
-
-@dataclass
-class Run:
-    steps: list[Step] = field(default_factory=list)
-    gates: list[Gate] = field(default_factory=list)
-    baselines: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    failures: list[Step] = field(default_factory=list)
-    nodes: dict[str, NodeState] = field(default_factory=dict)
-    plan: dict[str, str] = field(default_factory=dict)
-    first_ts: float | None = None
-    last_ts: float | None = None
-    events: int = 0
-
-
-def _ts(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):
-        return " ".join(_text(v) for v in value)
-    return str(value)
-
-
-def _message(res: Mapping[str, Any], status: str) -> str:
-    for key in ("msg", "reason", "stderr"):
-        text = _text(res.get(key)).strip()
-        if text:
-            return text
-    return "unreachable" if status == "unreachable" else ("failed" if status == "failed" else "")
-
-
-def _node_state(run: Run, name: str) -> NodeState:
-    return run.nodes.setdefault(name, NodeState())
-
-
-def _saw_node(run: Run, name: Any, node: Any, verified: bool, error: str = "") -> None:
-    if not isinstance(name, str) or not name:
-        return
-    state = _node_state(run, name)
-    if isinstance(node, Mapping):
-        version = node.get("version")
-        if version is not None:
-            if state.before is None:
-                state.before = str(version)
-            state.after = str(version)
-        state.component = node.get("component", state.component)
-        state.ha_role = node.get("ha_role", state.ha_role)
-        state.ready = node.get("ready", state.ready)
-        state.answered = True
-        state.error = ""
-    elif verified:
-        state.answered = False
-        state.error = error
-    state.verified = state.verified or verified
-
-
-_PLAN = re.compile(r"patch (?P<patch_id>\S+): (?P<component>\S+) -> (?P<version>\S+)")
-
-
-def read_run(records: Iterable[Mapping[str, Any]]) -> Run:
-    """Steps, gates, failures and node versions of one run, from its records in order."""
-    run = Run()
-    task_started: dict[str, float] = {}
-    for rec in records:
-        if not isinstance(rec, Mapping):
-            continue
-        ts = _ts(rec.get("ts"))
-        if ts is not None:
-            run.first_ts = ts if run.first_ts is None else min(run.first_ts, ts)
-            run.last_ts = ts if run.last_ts is None else max(run.last_ts, ts)
-        if rec.get("kind") != "event":
-            continue
-        event = str(rec.get("event") or "")
-        task = _text(rec.get("task"))
-        if event in ("playbook_on_task_start", "playbook_on_handler_task_start") and ts is not None:
-            task_started[task] = ts
-            continue
-        res = rec.get("res") if isinstance(rec.get("res"), Mapping) else {}
-        if event in ITEM_EVENTS:
-            # one loop item: only what it read from a node counts (the loop's own result draws the step)
-            if isinstance(res.get("item"), str) and "node" in res:
-                _saw_node(run, res["item"], res.get("node"), phase_of(task) == "verify", _text(res.get("msg")))
-            continue
-        if event not in RESULT_EVENTS:
-            continue
-        host = rec.get("host")
-        if not isinstance(host, str) or not host:
-            continue
-        run.events += 1
-        status = {"runner_on_failed": "failed", "runner_on_unreachable": "unreachable"}.get(event)
-        if status == "failed" and rec.get("ignored") is True:
-            status = "ignored"
-        if status is None:
-            status = "changed" if rec.get("changed") or res.get("changed") else "ok"
-        end = ts if ts is not None else task_started.get(task)
-        if end is None:
-            continue
-        duration = _num(rec.get("duration_s"))
-        start = end - duration if duration is not None and duration >= 0 else task_started.get(task, end)
-        start = min(start, end)
-        play = _text(rec.get("play"))
-        step = Step(host, task, play, phase_of(task), start, end, status, _message(res, status),
-                    bool(ROLLBACK_PLAY.search(play.strip())), _text(rec.get("delegated_to")))
-        run.steps.append(step)
-        if status in ("failed", "unreachable"):
-            run.failures.append(step)
-        _read_result(run, step, res)
-    return run
-
-
-def _read_result(run: Run, step: Step, res: Mapping[str, Any]) -> None:
-    gates = res.get("gates")
-    if isinstance(gates, list):
-        checks = [g for g in gates if isinstance(g, Mapping)]
-        passed = res.get("passed")
-        if not isinstance(passed, bool):
-            passed = step.status not in ("failed", "unreachable") and all(g.get("passed") is True for g in checks)
-        run.gates.append(Gate(step.end, step.host, step.task, passed and step.status not in ("failed", "unreachable"),
-                              [dict(g) for g in checks], res.get("elapsed"), res.get("polls"),
-                              step.msg if step.status != "ok" else "", step.rollback))
-    if isinstance(res.get("baseline"), Mapping):
-        run.baselines.append((step.host, dict(res["baseline"])))
-    results = res.get("results")
-    verifying = step.phase == "verify"
-    if isinstance(results, list):
-        for item in results:
-            if (isinstance(item, Mapping) and isinstance(item.get("item"), str) and "node" in item) or (
-                    isinstance(item, Mapping) and verifying and isinstance(item.get("item"), str)):
-                _saw_node(run, item.get("item"), item.get("node"), verifying, _text(item.get("msg")))
-    elif isinstance(res.get("item"), str) and "node" in res:
-        _saw_node(run, res["item"], res.get("node"), verifying)
-    elif step.host != CONTROLLER and OWN_STATE_READS.search(step.task) and isinstance(res.get("node"), Mapping):
-        _saw_node(run, step.host, res["node"], False)
-    facts = res.get("ansible_facts")
-    if isinstance(facts, Mapping) and isinstance(facts.get("fleet_verify_report"), list):
-        for entry in facts["fleet_verify_report"]:
-            if isinstance(entry, Mapping):
-                node = {k: entry.get(k) for k in ("version", "ha_role", "ready")} if entry.get("answered") else None
-                _saw_node(run, entry.get("node"), node, True, _text(entry.get("error")))
-    if step.task.lower().startswith("show the plan") and not run.plan:
-        match = _PLAN.search(_text(res.get("msg")))
-        if match:
-            run.plan = match.groupdict()
-
-
-def merge_change(change: Mapping[str, Any] | None, records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The change record: the run's change_* records merged in order, then ``change`` on top."""
-    merged: dict[str, Any] = {}
-    for rec in records:
-        if not isinstance(rec, Mapping):
-            continue
-        kind = rec.get("kind")
-        if kind == "change_opened":
-            merged.update({k: v for k, v in rec.items() if k not in ("v", "seq", "prev", "hash", "kind", "ts")})
-            merged.setdefault("started", rec.get("ts"))
-        elif kind == "change_updated" and isinstance(rec.get("change"), Mapping):
-            merged.update(rec["change"])
-        elif kind == "change_closed":
-            merged.update({k: v for k, v in rec.items() if k not in ("v", "seq", "prev", "hash", "kind", "ts", "run")})
-            merged.setdefault("finished", rec.get("ts"))
-    merged.update(change or {})
-    return merged
 
 
 # --------------------------------------------------------------------------- formatting
 
 
 def _e(value: Any) -> str:
-    return html.escape(_text(value), quote=True)
+    return html.escape(as_text(value), quote=True)
 
 
 def _clock(ts: float | None) -> str:
@@ -372,10 +83,10 @@ def _duration(seconds: float | None) -> str:
 
 def _list(value: Any) -> str:
     if isinstance(value, (list, tuple, set)):
-        return ", ".join(_text(v) for v in value) if value else "none"
+        return ", ".join(as_text(v) for v in value) if value else "none"
     if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {_text(v)}" for k, v in value.items()) if value else "none"
-    return _text(value) if value not in (None, "") else "none"
+        return ", ".join(f"{k}: {as_text(v)}" for k, v in value.items()) if value else "none"
+    return as_text(value) if value not in (None, "") else "none"
 
 
 def _outcome(change: Mapping[str, Any]) -> str:
@@ -418,7 +129,7 @@ details{margin:6px 0}
 # --------------------------------------------------------------------------- sections
 
 
-def _header(change: Mapping[str, Any], run: Run, outcome: str) -> str:
+def _header(change: Mapping[str, Any], run: Timeline, outcome: str) -> str:
     patch = change.get("patch_id") or run.plan.get("patch_id")
     component = change.get("component") or run.plan.get("component")
     version = change.get("version") or change.get("converged_version") or run.plan.get("version")
@@ -426,8 +137,8 @@ def _header(change: Mapping[str, Any], run: Run, outcome: str) -> str:
     if not previous:
         befores = sorted({s.before for s in run.nodes.values() if s.before and s.before != version})
         previous = befores
-    started = _ts(change.get("started")) or run.first_ts
-    finished = _ts(change.get("finished")) or (run.last_ts if outcome != "interrupted" else None)
+    started = as_time(change.get("started")) or run.first_ts
+    finished = as_time(change.get("finished")) or (run.last_ts if outcome != "interrupted" else None)
     duration = (finished - started) if started is not None and finished is not None else None
     emergency = change.get("emergency")
     rows = [
@@ -463,7 +174,7 @@ def _header(change: Mapping[str, Any], run: Run, outcome: str) -> str:
             f'<div class="head">{_badge(outcome)}{table(rows)}{table(times)}</div>')
 
 
-def _lanes(run: Run) -> list[str]:
+def _lanes(run: Timeline) -> list[str]:
     """Controller first, then nodes in the order they were first patched, then the rest."""
     first_touch: dict[str, float] = {}
     first_seen: dict[str, float] = {}
@@ -483,7 +194,7 @@ def _ticks(span: float) -> float:
     return 14400
 
 
-def _timeline(run: Run) -> str:
+def _timeline(run: Timeline) -> str:
     lanes = _lanes(run)
     t0 = min(s.start for s in run.steps)
     t1 = max(s.end for s in run.steps)
@@ -564,7 +275,7 @@ def _timeline(run: Run) -> str:
             f'<div class="chart">{"".join(out)}</div>')
 
 
-def _failures(run: Run) -> str:
+def _failures(run: Timeline) -> str:
     if not run.failures:
         return "<h2>Failures</h2><p class=\"pass\">No task failed.</p>"
     rows = "".join(f'<tr class="failed"><td>{_e(_clock(f.end))}</td><td>{_e(f.host)}</td><td>{_e(f.task)}</td>'
@@ -574,7 +285,7 @@ def _failures(run: Run) -> str:
             f"{rows}</table>")
 
 
-def _gates(run: Run) -> str:
+def _gates(run: Timeline) -> str:
     if not run.gates:
         return "<h2>Health gates</h2><p class=\"unknown\">No health gate ran.</p>"
     rows = []
@@ -582,8 +293,8 @@ def _gates(run: Run) -> str:
         checks = g.checks or [{"name": "?", "passed": False, "evidence": g.msg or "no gate results"}]
         verdict = '<span class="pass">passed</span>' if g.passed else '<span class="fail">failed</span>'
         timing = " ".join(p for p in (
-            f"{g.elapsed}s" if _num(g.elapsed) is not None else "",
-            f"{g.polls} polls" if _num(g.polls) is not None else "") if p)
+            f"{g.elapsed}s" if as_number(g.elapsed) is not None else "",
+            f"{g.polls} polls" if as_number(g.polls) is not None else "") if p)
         span = len(checks)
         for i, c in enumerate(checks):
             ok = c.get("passed") is True
@@ -603,7 +314,7 @@ def _gates(run: Run) -> str:
             f"<th></th><th>evidence</th></tr>{''.join(rows)}</table>{baselines}")
 
 
-def _versions(run: Run, expected: Any, component: Any) -> str:
+def _versions(run: Timeline, expected: Any, component: Any) -> str:
     nodes = {k: v for k, v in run.nodes.items() if k != CONTROLLER}
     if not nodes:
         return "<h2>Versions</h2><p class=\"unknown\">No node's version was read.</p>"
@@ -634,7 +345,7 @@ def _check(label: str, ok: bool | None, value: Any) -> str:
 
 
 def _zero(value: Any) -> bool | None:
-    return None if _num(value) is None else value == 0
+    return None if as_number(value) is None else value == 0
 
 
 def _load(load: Mapping[str, Any] | None) -> str:
@@ -658,8 +369,8 @@ def _load(load: Mapping[str, Any] | None) -> str:
     facts = [("requests sent", load.get("sent")), ("acknowledged", load.get("acked")),
              ("unacknowledged", load.get("unacked")), ("rejected", load.get("rejected")),
              ("HTTP attempts", load.get("attempts")), ("errors", load.get("errors")),
-             ("rate (target / achieved)", f"{_text(load.get('rate'))} / {_text(load.get('achieved_rate'))} per s"),
-             ("latency p50 / p99", f"{_text(latency.get('p50'))} / {_text(latency.get('p99'))} ms")]
+             ("rate (target / achieved)", f"{as_text(load.get('rate'))} / {as_text(load.get('achieved_rate'))} per s"),
+             ("latency p50 / p99", f"{as_text(latency.get('p50'))} / {as_text(latency.get('p99'))} ms")]
     facts_html = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v if v is not None else 'unknown')}</td></tr>"
                          for k, v in facts)
 
@@ -681,7 +392,7 @@ def _load(load: Mapping[str, Any] | None) -> str:
             f'{unavailable("chain", load.get("max_unavailable_ms_chains"))}</div>{warn}')
 
 
-def _steps(run: Run, lanes: list[str]) -> str:
+def _steps(run: Timeline, lanes: list[str]) -> str:
     parts = ["<h2>Every step</h2>"]
     for host in lanes:
         steps = [s for s in run.steps if s.host == host]
@@ -705,8 +416,8 @@ def render_html(change: dict[str, Any] | None, records: list[dict[str, Any]],
     records = [redact(r) for r in (records or []) if isinstance(r, Mapping)]
     change = redact(change) if isinstance(change, Mapping) else None
     load = redact(load) if isinstance(load, Mapping) else None
-    merged = merge_change(change, records)
-    run = read_run(records)
+    merged = merge_change(records, change)
+    run = read_timeline(records)
     outcome = _outcome(merged)
     expected = merged.get("converged_version") or (merged.get("version") or run.plan.get("version")
                                                    if outcome == "successful" else None)

@@ -11,11 +11,17 @@ short_description: Verify the audit trail, list the run history, compute rollout
 version_added: 0.1.0
 description:
   - Reads the hash-chained audit trail that the C(exchangeops.patching.audit) callback writes (format in
-    docs/audit.md) and, depending on O(action), verifies it, lists one history row per playbook run,
-    computes the rollout metrics (deployments, rollbacks, change failure rate, MTTR per CVE, time to
-    restore) optionally as Prometheus text, or renders the self-contained HTML report of one run.
+    docs/audit.md), from its file or from the PostgreSQL state store, and, depending on O(action),
+    verifies it, lists one history row per playbook run, computes the rollout metrics (deployments,
+    rollbacks, change failure rate, MTTR per CVE, time to restore) optionally as Prometheus text, renders
+    the self-contained HTML report of one run, or exports the trail as JSON Lines for an auditor.
+  - Every action but V(verify) verifies the chain first and fails, naming the first broken record, when
+    it does not verify, unless O(unverified=true).
+  - With an audit key (O(key) or O(key_file)) every keyed record's HMAC is checked; without one the
+    result says the trail is C(unkeyed) (its links are consistent, but nothing vouches that they were not
+    recomputed), which is never reported as a verified keyed trail.
   - Runs on the controller; run it on C(localhost). It only reads the trail; O(dest) is the only file it
-    writes (the report or the Prometheus text).
+    writes (the report, the Prometheus text or the export).
   - A missing trail is an empty history and empty metrics; for O(action=verify) it is an error.
 author:
   - exchangeops engineering (@exchangeops)
@@ -38,15 +44,45 @@ options:
       - V(metrics) returns the metrics defined in docs/audit.md, and the Prometheus text when O(prometheus)
         is true.
       - V(report) renders the HTML report of the run O(run) (the last run when omitted) to O(dest).
+      - V(export) writes the whole trail as JSON Lines to O(dest) (mode C(0600)); the export verifies with
+        V(verify) and the same key.
     type: str
-    choices: [verify, history, metrics, report]
+    choices: [verify, history, metrics, report, export]
     required: true
   file:
     description:
-      - The audit trail.
-      - Defaults to E(EXCHPATCH_AUDIT_FILE), else C($XDG_STATE_HOME/exchpatch/audit.jsonl), that is
+      - The audit trail file. When given, this file is read whatever O(store) says (for example an export).
+      - When omitted, the state store decides (O(store)); for the file store the default is
+        E(EXCHPATCH_AUDIT_FILE), else C($XDG_STATE_HOME/exchpatch/audit.jsonl), that is
         C(~/.local/state/exchpatch/audit.jsonl).
     type: path
+  store:
+    description:
+      - The state store holding the trail, V(file) or V(postgresql). Defaults to E(EXCHPATCH_STATE_STORE),
+        else V(file). Pass the inventory's C(exchange_state_store).
+    type: str
+    choices: [file, postgresql]
+  dsn:
+    description:
+      - The PostgreSQL DSN for O(store=postgresql). Defaults to E(EXCHPATCH_STATE_STORE_DSN). Pass the vaulted
+        C(exchange_state_store_dsn); it is never returned or logged.
+    type: str
+  key:
+    description:
+      - The audit key (HMAC-SHA256), from the vault or an AWX credential (C(exchange_audit_key)). Never returned
+        or logged. At least 16 characters.
+    type: str
+  key_file:
+    description:
+      - A file holding the audit key, readable by its owner only (mode C(0400) or C(0600)); a file that group
+        or others may read is refused. Defaults to E(EXCHPATCH_AUDIT_KEY_FILE). O(key) wins when both are set.
+    type: path
+  unverified:
+    description:
+      - For V(history), V(metrics), V(report) and V(export), read the trail even when its chain does not verify.
+        The result's C(verification) then says it was not verified.
+    type: bool
+    default: false
   run:
     description:
       - Run id (or a unique prefix of one) for O(action=report). The last run when omitted.
@@ -61,6 +97,7 @@ options:
       - For O(action=metrics) with O(prometheus=true), the Prometheus text file to write (atomically, for a
         node-exporter textfile collector, whose files must end in C(.prom)). When omitted the text is only
         returned.
+      - For O(action=export), the JSON Lines file to write (required).
     type: path
   prometheus:
     description:
@@ -90,6 +127,18 @@ EXAMPLES = r"""
     prometheus: true
     dest: /var/lib/node_exporter/textfile/exchpatch.prom
 
+- name: Verify the team's trail in PostgreSQL with the audit key
+  exchangeops.patching.audit_trail:
+    action: verify
+    store: postgresql
+    dsn: "{{ exchange_state_store_dsn }}"
+    key: "{{ exchange_audit_key }}"
+
+- name: Export the trail for an auditor
+  exchangeops.patching.audit_trail:
+    action: export
+    dest: /srv/audit/exchpatch-2026-11.jsonl
+
 - name: Render the report of one run
   exchangeops.patching.audit_trail:
     action: report
@@ -100,18 +149,51 @@ EXAMPLES = r"""
 
 RETURN = r"""
 file:
-  description: The audit trail read.
+  description: The audit trail read (its file, or the PostgreSQL store without its password).
   returned: always
   type: str
   sample: /root/.local/state/exchpatch/audit.jsonl
 ok:
-  description: True when every record verified.
+  description: True when the chain has no problem (RV(status) says whether a key vouches for it).
   returned: action=verify
   type: bool
   sample: true
-records:
-  description: Number of records read.
+status:
+  description:
+    - V(verified) (every link checked, keyed records with the key), V(unkeyed) (links consistent but not checked
+      with a key: no key configured, or plain sha256 records), or V(broken).
   returned: action=verify
+  type: str
+  sample: verified
+keyed:
+  description: Records whose HMAC was checked with the key.
+  returned: action=verify
+  type: int
+unkeyed:
+  description: Records linked with plain sha256.
+  returned: action=verify
+  type: int
+unchecked:
+  description: Keyed records that could not be checked because no key was configured.
+  returned: action=verify
+  type: int
+key_configured:
+  description: Whether an audit key was given.
+  returned: action=verify
+  type: bool
+summary:
+  description: One sentence on what was verified, for people.
+  returned: action=verify
+  type: str
+verification:
+  description:
+    - For the reading actions, the verification done first (as for O(action=verify)), or C(status=not_verified)
+      with O(unverified=true).
+  returned: action=history, metrics, report, export
+  type: dict
+records:
+  description: Number of records read (verify) or written (export).
+  returned: action=verify or action=export
   type: int
   sample: 1234
 problems:
@@ -223,8 +305,8 @@ prometheus:
   returned: action=metrics and prometheus=true
   type: str
 path:
-  description: The file written (the report, or the Prometheus text).
-  returned: action=report, or action=metrics with prometheus and dest
+  description: The file written (the report, the Prometheus text, or the export).
+  returned: action=report or export, or action=metrics with prometheus and dest
   type: str
 run:
   description: The run the report shows.
@@ -238,43 +320,76 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.exchangeops.patching.plugins.module_utils._audit import (
     AuditError,
+    Trail,
+    Verification,
     default_path,
+    load_key,
+    open_trail,
+    parse_ts,
+    write_text_atomic,
+)
+from ansible_collections.exchangeops.patching.plugins.module_utils._audit_runs import (
     find_run,
     group_runs,
     history,
     metrics,
-    parse_ts,
     prometheus,
-    read_records,
-    verify,
-    write_text_atomic,
 )
 from ansible_collections.exchangeops.patching.plugins.module_utils._redact import redact
 from ansible_collections.exchangeops.patching.plugins.module_utils._report import render_html
 
+NO_TRAIL = ("no audit trail at {where} yet: enable the exchangeops.patching.audit callback (callbacks_enabled in "
+            "ansible.cfg) and run a playbook, or point file / EXCHPATCH_AUDIT_FILE (or the state store) at the trail")
 
-def run_verify(module: AnsibleModule, path: str) -> dict:
+
+def _problems_text(v: Verification) -> str:
+    more = f"; and {len(v.problems) - 10} more" if len(v.problems) > 10 else ""
+    return "; ".join(str(p) for p in v.problems[:10]) + more
+
+
+def run_verify(module: AnsibleModule, trail: Trail) -> dict:
     try:
-        count, problems = verify(path)
+        v = trail.verify()
     except FileNotFoundError:
-        module.fail_json(msg=f"no audit trail at {path} yet: enable the exchangeops.patching.audit callback "
-                             "(callbacks_enabled in ansible.cfg) and run a playbook, or point file / "
-                             "EXCHPATCH_AUDIT_FILE at the trail", file=path, ok=False, records=0, problems=[])
-    result = {"file": path, "ok": not problems, "records": count, "problems": [p.as_json() for p in problems]}
-    if problems:
-        more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
-        shown = "; ".join(str(p) for p in problems[:10]) + more
-        module.fail_json(msg=f"{path}: the audit trail does not verify ({len(problems)} problem(s)): {shown}. "
-                             "Restore the file from a trusted copy and investigate who changed it.", **result)
+        module.fail_json(msg=NO_TRAIL.format(where=trail.where), file=trail.where, ok=False, records=0, problems=[])
+    result = {"file": trail.where, **v.as_json()}
+    if v.problems:
+        module.fail_json(msg=f"{trail.where}: the audit trail does not verify ({len(v.problems)} problem(s)): "
+                             f"{_problems_text(v)}. Restore it from a trusted copy (or export) and investigate who "
+                             "changed it.", **result)
+    if v.status != "verified":
+        module.warn(f"{trail.where}: {v.summary()}")
     return result
 
 
-def run_report(module: AnsibleModule, path: str) -> dict:
-    runs = group_runs(read_records(path))
+def verified_first(module: AnsibleModule, trail: Trail) -> dict:
+    """Verify before reading: a broken chain is refused (naming its first broken record) unless unverified."""
+    if module.params["unverified"]:
+        return {"status": "not_verified", "ok": None, "problems": [],
+                "summary": "read without verifying the chain (unverified: true)"}
+    try:
+        v = trail.verify()
+    except FileNotFoundError:
+        return {"status": "empty", "ok": True, "problems": [], "summary": "no trail yet"}
+    if v.problems:
+        module.fail_json(msg=f"{trail.where}: refusing to read an audit trail that does not verify; first broken "
+                             f"record: {v.problems[0]} ({len(v.problems)} problem(s) in all). Investigate with "
+                             "exchpatch audit verify; to read it anyway pass --unverified (unverified: true).",
+                         file=trail.where, verification=v.as_json())
+    return v.as_json()
+
+
+def _default_dest(trail: Trail, name: str) -> str:
+    base = os.path.dirname(os.path.abspath(getattr(trail, "path", None) or default_path()))
+    return os.path.join(base, "reports", name)
+
+
+def run_report(module: AnsibleModule, trail: Trail, verification: dict) -> dict:
+    runs = group_runs(trail.records())
     try:
         run = find_run(runs, module.params["run"])
     except LookupError as e:
-        module.fail_json(msg=f"{path}: {e}", file=path)
+        module.fail_json(msg=f"{trail.where}: {e}", file=trail.where)
     load = None
     if module.params["load_report"]:
         try:
@@ -282,23 +397,60 @@ def run_report(module: AnsibleModule, path: str) -> dict:
                 load = json.load(fh)
         except (OSError, ValueError) as e:
             module.fail_json(msg=f"{module.params['load_report']}: cannot read the load report ({e}); give the JSON "
-                                 "file the load generator wrote, or leave load_report out", file=path)
-    dest = module.params["dest"] or os.path.join(os.path.dirname(os.path.abspath(path)), "reports",
-                                                 run.run.replace("/", "_").replace("#", "-") + ".html")
+                                 "file the load generator wrote, or leave load_report out", file=trail.where)
+    dest = module.params["dest"] or _default_dest(trail, run.run.replace("/", "_").replace("#", "-") + ".html")
     html = render_html(dict(run.change), [dict(r) for r in run.records], load)
     if not module.check_mode:
         try:
             write_text_atomic(dest, html)
         except OSError as e:
-            module.fail_json(msg=f"{dest}: cannot write the report ({e.strerror}); choose a writable dest", file=path)
-    return {"file": path, "run": run.run, "path": dest, "changed": not module.check_mode}
+            module.fail_json(msg=f"{dest}: cannot write the report ({e.strerror}); choose a writable dest",
+                             file=trail.where)
+    return {"file": trail.where, "run": run.run, "path": dest, "changed": not module.check_mode,
+            "verification": verification}
+
+
+def run_export(module: AnsibleModule, trail: Trail, verification: dict) -> dict:
+    dest = module.params["dest"]
+    if not dest:
+        module.fail_json(msg="action=export needs dest: the JSON Lines file to write", file=trail.where)
+    if module.check_mode:
+        return {"file": trail.where, "path": dest, "changed": True, "verification": verification}
+    try:
+        count = trail.export(dest)
+    except FileNotFoundError:
+        module.fail_json(msg=NO_TRAIL.format(where=trail.where), file=trail.where)
+    return {"file": trail.where, "path": dest, "records": count, "changed": True, "verification": verification}
+
+
+def run_metrics(module: AnsibleModule, trail: Trail, verification: dict) -> dict:
+    try:
+        now = parse_ts(module.params["now"]) if module.params["now"] else None
+    except ValueError:
+        module.fail_json(msg=f"now: {module.params['now']!r} is not an ISO 8601 time; give e.g. 2026-11-24T00:00:00Z")
+    values = metrics(group_runs(trail.records()), now=now)
+    result = {"changed": False, "file": trail.where, "metrics": values, "verification": verification}
+    if module.params["prometheus"]:
+        text = prometheus(values)
+        result["prometheus"] = text
+        if module.params["dest"]:
+            result["path"] = module.params["dest"]
+            if not module.check_mode:
+                write_text_atomic(module.params["dest"], text)
+            result["changed"] = not module.check_mode
+    return result
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            action=dict(type="str", required=True, choices=["verify", "history", "metrics", "report"]),
+            action=dict(type="str", required=True, choices=["verify", "history", "metrics", "report", "export"]),
             file=dict(type="path"),
+            store=dict(type="str", choices=["file", "postgresql"]),
+            dsn=dict(type="str", no_log=True),
+            key=dict(type="str", no_log=True),
+            key_file=dict(type="path", no_log=False),
+            unverified=dict(type="bool", default=False),
             run=dict(type="str"),
             load_report=dict(type="path"),
             dest=dict(type="path"),
@@ -307,37 +459,31 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
-    path = module.params["file"] or default_path()
     action = module.params["action"]
+    where = module.params["file"] or "audit trail"
     try:
-        if action == "verify":
-            module.exit_json(changed=False, **run_verify(module, path))
-        if action == "report":
-            module.exit_json(**run_report(module, path))
-        runs = group_runs(read_records(path))
-        if action == "history":
-            # the callback redacted the records; this also cleans trails written before its rules
-            module.exit_json(changed=False, file=path, runs=redact(history(runs)))
+        key = load_key(module.params["key"], module.params["key_file"])
+        trail = open_trail(module.params["file"], module.params["store"], module.params["dsn"], key)
+        where = trail.where
         try:
-            now = parse_ts(module.params["now"]) if module.params["now"] else None
-        except ValueError:
-            module.fail_json(msg=f"now: {module.params['now']!r} is not an ISO 8601 time; "
-                                 "give e.g. 2026-11-24T00:00:00Z")
-        values = metrics(runs, now=now)
-        result = {"changed": False, "file": path, "metrics": values}
-        if module.params["prometheus"]:
-            text = prometheus(values)
-            result["prometheus"] = text
-            if module.params["dest"]:
-                result["path"] = module.params["dest"]
-                if not module.check_mode:
-                    write_text_atomic(module.params["dest"], text)
-                result["changed"] = not module.check_mode
-        module.exit_json(**result)
+            if action == "verify":
+                module.exit_json(changed=False, **run_verify(module, trail))
+            verification = verified_first(module, trail)
+            if action == "report":
+                module.exit_json(**run_report(module, trail, verification))
+            if action == "export":
+                module.exit_json(**run_export(module, trail, verification))
+            if action == "history":
+                # the callback redacted the records; this also cleans trails written before its rules
+                module.exit_json(changed=False, file=trail.where, verification=verification,
+                                 runs=redact(history(group_runs(trail.records()))))
+            module.exit_json(**run_metrics(module, trail, verification))
+        finally:
+            trail.close()
     except AuditError as e:
-        module.fail_json(msg=str(e), file=path)
+        module.fail_json(msg=str(e), file=where)
     except OSError as e:
-        module.fail_json(msg=f"{e.filename or path}: {e.strerror}; check the path and its permissions", file=path)
+        module.fail_json(msg=f"{e.filename or where}: {e.strerror}; check the path and its permissions", file=where)
 
 
 if __name__ == "__main__":

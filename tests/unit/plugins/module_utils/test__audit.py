@@ -18,16 +18,18 @@ from ansible_collections.exchangeops.patching.plugins.module_utils._audit import
     append,
     canonical,
     default_path,
-    find_run,
-    group_runs,
-    history,
-    metrics,
     parse_ts,
-    prometheus,
     read_records,
     record_hash,
     trim,
     verify,
+)
+from ansible_collections.exchangeops.patching.plugins.module_utils._audit_runs import (
+    find_run,
+    group_runs,
+    history,
+    metrics,
+    prometheus,
 )
 from ansible_collections.exchangeops.patching.plugins.module_utils._redact import REDACTED, Redactor
 
@@ -74,7 +76,7 @@ def test_append_chains_seq_prev_and_hash_and_creates_private_files(tmp_path):
     for before, after in itertools.pairwise(written):
         assert after["prev"] == before["hash"]
     for r in written:
-        assert r["hash"] == record_hash(r) and r["v"] == 1
+        assert r["hash"] == record_hash(r) and r["v"] == 2 and r["mac"] == "sha256"
     # the file holds exactly the canonical form, one record per line
     assert lines(path) == [canonical(r) + "\n" for r in written]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -413,3 +415,116 @@ def test_prometheus_text_has_help_type_and_escaped_labels(tmp_path):
 def test_parse_ts_accepts_dates_and_z():
     assert parse_ts("2026-10-30") == dt.datetime(2026, 10, 30, tzinfo=dt.UTC)
     assert parse_ts("2026-10-30T01:02:03.5Z").second == 3
+
+
+# --- the keyed chain (HMAC-SHA256) -------------------------------------------------------------
+
+KEY = b"0123456789abcdef-audit-key"
+
+
+def keyed_trail(path: Path, key: bytes | None = KEY, n: int = 4) -> list[dict]:
+    from ansible_collections.exchangeops.patching.plugins.module_utils._audit import append as append_keyed
+    return append_keyed(str(path), [rec("r1", "event", f"2026-11-24T10:00:0{i}Z", event="runner_on_ok", n=i)
+                                    for i in range(n)], key=key)
+
+
+def verification(path: Path, key: bytes | None):
+    from ansible_collections.exchangeops.patching.plugins.module_utils._audit import FileTrail
+    return FileTrail(str(path), key).verify()
+
+
+def test_keyed_trail_verifies_only_with_its_key(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    written = keyed_trail(path)
+    assert {r["mac"] for r in written} == {"hmac-sha256"} and written[0]["v"] == 2
+    v = verification(path, KEY)
+    assert v.status == "verified" and v.keyed == 4 and not v.problems
+    # without a key: links consistent, never reported as a verified keyed trail
+    v = verification(path, None)
+    assert v.status == "unkeyed" and v.unchecked == 4 and v.ok and "not a verification" in v.summary()
+    # a wrong key fails every record
+    v = verification(path, b"another-key-of-16-bytes")
+    assert v.status == "broken" and [p.line for p in v.problems] == [1, 2, 3, 4]
+
+
+def _recompute_without_key(path: Path, edit_line: int, flip_mac: bool) -> None:
+    from ansible_collections.exchangeops.patching.plugins.module_utils._audit import link
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[edit_line - 1]["n"] = 42
+    prev = records[edit_line - 2]["hash"] if edit_line > 1 else GENESIS
+    for r in records[edit_line - 1:]:
+        r["prev"] = prev
+        if flip_mac:
+            r["mac"] = "sha256"
+        r["hash"] = prev = (link(r) if flip_mac else record_hash(r))
+    path.write_text("".join(canonical(r) + "\n" for r in records))
+
+
+@pytest.mark.parametrize("flip_mac", [False, True])
+def test_a_chain_recomputed_without_the_key_is_named(tmp_path, flip_mac):
+    path = tmp_path / "audit.jsonl"
+    keyed_trail(path)
+    _recompute_without_key(path, 3, flip_mac)
+    v = verification(path, KEY)
+    assert v.status == "broken"
+    if flip_mac:
+        assert (v.problems[0].line, v.problems[0].seq) == (3, 3) and "plain sha256 after keyed" in v.problems[0].what
+    else:
+        assert v.problems[0].line == 3 and "HMAC does not match" in v.problems[0].what
+
+
+def test_unkeyed_prefix_is_sealed_by_the_first_keyed_record_and_a_plain_tail_is_named(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    keyed_trail(path, key=None, n=2)          # before the key was configured
+    keyed_trail(path, key=KEY, n=2)
+    v = verification(path, KEY)
+    assert v.status == "verified" and (v.unkeyed, v.keyed) == (2, 2) and "before the key" in v.summary()
+    keyed_trail(path, key=None, n=1)          # a writer without the key
+    v = verification(path, KEY)
+    assert [(p.line, "plain sha256 after keyed" in p.what) for p in v.problems] == [(5, True)]
+
+
+def test_v1_records_verify_as_plain_sha256(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    first = {"v": 1, "seq": 1, "ts": "2026-11-24T10:00:00Z", "run": "r", "kind": "event", "event": "x",
+             "prev": GENESIS}
+    first["hash"] = record_hash(first)
+    path.write_text(canonical(first) + "\n")
+    v = verification(path, None)
+    assert v.status == "unkeyed" and v.unkeyed == 1 and "UNKEYED TRAIL" in v.summary()
+
+
+def test_key_file_must_be_private_and_long_enough(tmp_path):
+    from ansible_collections.exchangeops.patching.plugins.module_utils._audit import AuditError, load_key
+    keyfile = tmp_path / "audit.key"
+    keyfile.write_text("s3cret-key-material-0123\n")
+    keyfile.chmod(0o440)
+    with pytest.raises(AuditError, match="chmod 400") as err:
+        load_key(key_file=str(keyfile))
+    assert "s3cret" not in str(err.value)
+    keyfile.chmod(0o400)
+    assert load_key(environ={"EXCHPATCH_AUDIT_KEY_FILE": str(keyfile)}) == b"s3cret-key-material-0123"
+    assert load_key("inventory-key-0123456789", str(keyfile)) == b"inventory-key-0123456789"
+    assert load_key(environ={}) is None
+    with pytest.raises(AuditError, match="shorter than 16"):
+        load_key("short")
+
+
+# --- the one merge of the change record --------------------------------------------------------
+
+def test_merge_change_null_never_overwrites_and_is_shared_by_runs_and_report():
+    from ansible_collections.exchangeops.patching.plugins.module_utils._changes import merge_change
+    records = [rec("r1", "change_opened", "2026-11-24T10:00:00Z", playbook="rolling_patch.yml", operator="alice",
+                   check_mode=False, patch_id="ME-1", v=2, seq=1, prev=GENESIS, mac="sha256", hash="h"),
+               rec("r1", "change_updated", "2026-11-24T10:01:00Z", change={"version": "1.4.3", "rolled_back": None}),
+               rec("r1", "change_updated", "2026-11-24T10:02:00Z", change={"version": None, "component": "x"}),
+               rec("r1", "change_closed", "2026-11-24T10:03:00Z", outcome="successful", started=None,
+                   finished="2026-11-24T10:03:00Z")]
+    merged = merge_change(records, {"patch_id": None, "note": "kept"})
+    assert merged["version"] == "1.4.3" and merged["patch_id"] == "ME-1"      # null never overwrites
+    assert "rolled_back" in merged and merged["rolled_back"] is None           # said unknown, not absent
+    assert merged["started"] == "2026-11-24T10:00:00Z" and merged["outcome"] == "successful"
+    assert not {"v", "seq", "prev", "mac", "hash", "kind", "ts"} & set(merged)
+    runs = group_runs(records)
+    assert {k: runs[0].change[k] for k in ("version", "patch_id", "outcome", "started")} == \
+        {k: merged[k] for k in ("version", "patch_id", "outcome", "started")}

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.exchangeops.patching.plugins.module_utils._report import (
+from ansible_collections.exchangeops.patching.plugins.module_utils._report import render_html
+from ansible_collections.exchangeops.patching.plugins.module_utils._report_timeline import (
     PHASE_PATTERNS,
     PHASES,
     phase_of,
-    render_html,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
