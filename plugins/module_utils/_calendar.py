@@ -4,10 +4,12 @@
 
 """Market calendar: freeze windows (funding, expiry, settlement and their averaging windows) a rollout must avoid.
 
-A schedule is a YAML file ``{windows: [...]}``; each window has a ``name``, one or more instants ``at`` and a
-margin ``before`` and ``after`` them. Daily windows (``recurring: daily``) give times of day in UTC, one-off windows
-give full ISO 8601 date-times with a zone. A rollout ``[start, start + duration]`` may touch a window's edge but not
-overlap it; a window with no margin still freezes its instant.
+A schedule is a YAML file ``{windows: [...]}``; each window has a ``name``, its instants and a margin ``before`` and
+``after`` them. Daily windows (``recurring: daily``) give times of day in UTC in ``at``, one-off windows give full
+ISO 8601 date-times with a zone in ``at``, and recurring windows beyond daily (weekly, monthly expiries) give an
+RFC 5545 rule in ``rrule`` (read by ``dateutil.rrule.rrulestr``, always in UTC, strictly validated, and expanded only
+over the interval asked about). A rollout ``[start, start + duration]`` may touch a window's edge but not overlap it;
+a window with no margin still freezes its instant.
 
 Problems in a schedule raise :class:`ScheduleError` naming the file, the window and the fix; bad options raise
 :class:`CalendarError`. Nothing here reads the clock: callers pass ``now``.
@@ -31,9 +33,30 @@ else:
     HAS_YAML = True
     YAML_IMPORT_ERROR = None
 
+try:
+    from dateutil.relativedelta import relativedelta
+    from dateutil.rrule import rrule as _RRule
+    from dateutil.rrule import rrulestr
+except ImportError:
+    HAS_DATEUTIL = False
+    DATEUTIL_IMPORT_ERROR: str | None = traceback.format_exc()
+else:
+    HAS_DATEUTIL = True
+    DATEUTIL_IMPORT_ERROR = None
+
 RECURRENCES = ("daily",)
 SEARCH_HORIZON = dt.timedelta(days=7)
-_WINDOW_KEYS = ("name", "recurring", "at", "before", "after")
+_WINDOW_KEYS = ("name", "recurring", "at", "rrule", "before", "after")
+# RFC 5545 rules: what a freeze window may use, and the bounds that keep every expansion finite
+RULE_FREQS = ("YEARLY", "MONTHLY", "WEEKLY", "DAILY")
+RULE_KEYS = ("FREQ", "INTERVAL", "UNTIL", "BYMONTH", "BYMONTHDAY", "BYYEARDAY", "BYWEEKNO", "BYDAY", "BYHOUR",
+             "BYMINUTE", "BYSECOND", "BYSETPOS", "WKST")
+RULE_MAX_INTERVAL = 12
+RULE_ANCHOR = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)  # counts from here without DTSTART: times default to 00:00:00
+# a rule is probed for an instant from here: the iteration then ends by itself at year 9999
+_RULE_PROBE = dt.datetime(9960, 1, 1, tzinfo=dt.UTC)
+_DTSTART_RE = re.compile(r"DTSTART:(\d{8}T\d{6})Z\Z", re.ASCII)
+_RULE_EXAMPLE = "FREQ=MONTHLY;BYDAY=-1FR;BYHOUR=8;BYMINUTE=0 (the last Friday of the month at 08:00 UTC)"
 _DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\Z", re.ASCII)
 _CLOCK_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?\Z", re.ASCII)
 _SAMPLE = "testbed/freeze-windows.yml"
@@ -41,6 +64,18 @@ _SAMPLE = "testbed/freeze-windows.yml"
 
 class CalendarError(ValueError):
     """A bad option (start, duration, emergency override); ``str()`` names it and the fix."""
+
+
+class MissingLibraryError(RuntimeError):
+    """A library the schedule needs is not installed (``library`` is its pip name)."""
+
+    def __init__(self, library: str, error: str | None) -> None:
+        self.library = library
+        self.error = error
+        super().__init__(f"the Python library {library!r} is required; install it with 'pip install {library}'")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.library, self.error))
 
 
 class ScheduleError(ValueError):
@@ -58,8 +93,24 @@ class ScheduleError(ValueError):
 
 
 @dataclass(frozen=True)
+class Rule:
+    """An RFC 5545 recurrence in UTC, validated by :func:`parse_rule`; ``instants`` expands it over a bounded range."""
+
+    text: str
+    freq: str
+    interval: int
+    dtstart: dt.datetime
+    rule: Any  # dateutil.rrule.rrule
+
+    def instants(self, low: dt.datetime, high: dt.datetime) -> list[dt.datetime]:
+        """Every instant in ``[low, high]``; the expansion starts one period before ``low``, never at DTSTART."""
+        anchor = _shift_anchor(self.freq, self.interval, self.dtstart, low)
+        return list(self.rule.replace(dtstart=anchor).between(low, high, inc=True))
+
+
+@dataclass(frozen=True)
 class Window:
-    """One freeze window: daily ``times`` (seconds after midnight UTC) or one-off ``moments``, with margins."""
+    """One freeze window: daily ``times`` (seconds after midnight UTC), one-off ``moments`` or an RFC 5545 ``rule``."""
 
     name: str
     recurring: str | None
@@ -67,6 +118,7 @@ class Window:
     moments: tuple[dt.datetime, ...]
     before: dt.timedelta
     after: dt.timedelta
+    rule: Rule | None = None
 
 
 @dataclass(frozen=True)
@@ -233,18 +285,15 @@ def _parse_window(path: str, index: int, entry: Any) -> Window:
     if unknown:
         raise ScheduleError(path, where, f"unknown key {', '.join(map(repr, unknown))}",
                             "the keys of a window are " + ", ".join(_WINDOW_KEYS))
+    if "rrule" in entry:
+        return _parse_rule_window(path, where, name, entry)
     recurring = entry.get("recurring")
     if recurring is not None and recurring not in RECURRENCES:
         raise ScheduleError(path, where, f"recurring is {recurring!r}, which is not supported",
-                            "use 'recurring: daily', or list one-off windows with full date-times in 'at'")
-    margins = {}
-    for key in ("before", "after"):
-        try:
-            margins[key] = parse_duration(entry.get(key, 0))
-        except ValueError as e:
-            raise ScheduleError(path, where, f"{key}: {e}",
-                                f"write a duration that is zero or more, like {key}: 15m (90s, 2h and 1h30m work "
-                                "too)") from None
+                            "use 'recurring: daily', an RFC 5545 rule in 'rrule' (e.g. "
+                            f"rrule: {_RULE_EXAMPLE.split(' ', 1)[0]}), or list one-off windows with full date-times "
+                            "in 'at'")
+    margins = _margins(path, where, entry)
     if "at" not in entry or entry["at"] in (None, "", []):
         raise ScheduleError(path, where, "'at' is missing",
                             'give the times of day ("00:00") with recurring: daily, or a date-time '
@@ -255,6 +304,136 @@ def _parse_window(path: str, index: int, entry: Any) -> Window:
         return Window(name, recurring, times, (), margins["before"], margins["after"])
     moments = tuple(sorted({_moment(path, where, v) for v in values}))
     return Window(name, None, (), moments, margins["before"], margins["after"])
+
+
+def _margins(path: str, where: str, entry: dict[str, Any]) -> dict[str, dt.timedelta]:
+    margins = {}
+    for key in ("before", "after"):
+        try:
+            margins[key] = parse_duration(entry.get(key, 0))
+        except ValueError as e:
+            raise ScheduleError(path, where, f"{key}: {e}",
+                                f"write a duration that is zero or more, like {key}: 15m (90s, 2h and 1h30m work "
+                                "too)") from None
+    return margins
+
+
+def _parse_rule_window(path: str, where: str, name: str, entry: dict[str, Any]) -> Window:
+    if "at" in entry or "recurring" in entry:
+        raise ScheduleError(path, where, "has 'rrule' together with 'at' or 'recurring'",
+                            "a window is either an RFC 5545 'rrule', or 'at' times (with 'recurring: daily' for "
+                            "daily ones); split it into two windows")
+    margins = _margins(path, where, entry)
+    try:
+        rule = parse_rule(entry["rrule"])
+    except ValueError as e:
+        raise ScheduleError(path, where, f"rrule: {e}", f"write a rule like rrule: {_RULE_EXAMPLE}") from None
+    return Window(name, "rrule", (), (), margins["before"], margins["after"], rule)
+
+
+def parse_rule(value: Any) -> Rule:
+    """Validate an RFC 5545 rule for a freeze window; ValueError saying what is wrong and what to write instead.
+
+    Strict on purpose: UTC only (``DTSTART:20260102T080000Z``, no TZID), one RRULE (no EXDATE, RDATE, EXRULE),
+    FREQ from DAILY to YEARLY, INTERVAL up to 12 (and then a DTSTART to count from), no COUNT (use UNTIL), the day
+    given explicitly (BYDAY for WEEKLY; BYDAY or BYMONTHDAY for MONTHLY; BYMONTH with BYDAY or BYMONTHDAY, BYYEARDAY
+    or BYWEEKNO for YEARLY), and a rule that happens at all (probed in a bounded range).
+    """
+    if not HAS_DATEUTIL:
+        raise MissingLibraryError("python-dateutil", DATEUTIL_IMPORT_ERROR)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{value!r} is not an RFC 5545 rule")
+    dtstart: dt.datetime | None = None
+    body: str | None = None
+    for line in (ln.strip() for ln in value.strip().splitlines()):
+        if not line:
+            continue
+        upper = line.upper()
+        if upper.startswith("DTSTART"):
+            match = _DTSTART_RE.match(upper)
+            if not match or dtstart is not None:
+                raise ValueError(f"{line!r} is not one UTC start; write DTSTART:20260102T080000Z (the calendar is "
+                                 "UTC and DST-free: no TZID, no local time)")
+            try:
+                dtstart = dt.datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
+            except ValueError:
+                raise ValueError(f"{line!r} is not a real date-time; write DTSTART:20260102T080000Z") from None
+        elif body is None and (upper.startswith("RRULE:") or (":" not in upper and "=" in upper)):
+            body = line.split(":", 1)[1] if upper.startswith("RRULE:") else line
+        else:
+            raise ValueError(f"{line!r} is not supported here (one RRULE and an optional DTSTART only); give each "
+                             "pattern its own window")
+    if body is None:
+        raise ValueError(f"{value.strip()!r} has no RRULE")
+    params: dict[str, str] = {}
+    for part in (p.strip() for p in body.split(";")):
+        key, sep, val = part.partition("=")
+        key = key.strip().upper()
+        if not sep or not key or not val.strip():
+            raise ValueError(f"{part!r} is not KEY=VALUE")
+        if key == "COUNT":
+            raise ValueError("COUNT would count from DTSTART; end the rule with UNTIL=20271231T000000Z instead, or "
+                             "leave it open")
+        if key not in RULE_KEYS:
+            raise ValueError(f"{key!r} is not supported; the keys are {', '.join(RULE_KEYS)}")
+        if key in params:
+            raise ValueError(f"{key} is given twice")
+        params[key] = val.strip().upper()
+    freq = params.get("FREQ")
+    if freq not in RULE_FREQS:
+        raise ValueError(f"FREQ={freq or ''} is not one of {', '.join(RULE_FREQS)} (for several times a day, write "
+                         "FREQ=DAILY;BYHOUR=0,8,16;BYMINUTE=0)")
+    interval_text = params.get("INTERVAL", "1")
+    interval = int(interval_text) if interval_text.isdigit() else 0
+    if not 1 <= interval <= RULE_MAX_INTERVAL:
+        raise ValueError(f"INTERVAL={interval_text} must be a whole number from 1 to {RULE_MAX_INTERVAL} (a quarter "
+                         "is FREQ=MONTHLY;INTERVAL=3)")
+    if interval > 1 and dtstart is None:
+        raise ValueError(f"INTERVAL={interval} needs a DTSTART to count from; write it on its own line before the "
+                         "rule, like DTSTART:20260102T080000Z")
+    days = {k for k in ("BYDAY", "BYMONTHDAY", "BYYEARDAY", "BYWEEKNO") if k in params}
+    needs = {"WEEKLY": ("BYDAY" in days, "BYDAY (e.g. BYDAY=FR)"),
+             "MONTHLY": (bool(days & {"BYDAY", "BYMONTHDAY"}), "BYDAY (e.g. BYDAY=-1FR) or BYMONTHDAY"),
+             "YEARLY": (("BYMONTH" in params and bool(days & {"BYDAY", "BYMONTHDAY"}))
+                        or bool(days & {"BYYEARDAY", "BYWEEKNO"}),
+                        "BYMONTH with BYDAY or BYMONTHDAY (e.g. BYMONTH=3,6,9,12;BYDAY=-1FR), BYYEARDAY or BYWEEKNO")}
+    if freq in needs and not needs[freq][0]:
+        raise ValueError(f"FREQ={freq} needs the day given explicitly: {needs[freq][1]}")
+    start = dtstart or RULE_ANCHOR
+    try:
+        rule = rrulestr("RRULE:" + body, dtstart=start)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ValueError(f"{body!r} is not a valid rule ({e})") from None
+    if not isinstance(rule, _RRule):
+        raise ValueError(f"{body!r} is not a single rule")
+    parsed = Rule(value.strip(), freq, interval, start, rule)
+    probe = _shift_anchor(freq, interval, start, _RULE_PROBE)
+    try:
+        first = next(iter(rule.replace(dtstart=probe, until=None)), None)
+    except (ValueError, OverflowError):
+        first = None
+    if first is None:
+        raise ValueError(f"{body!r} never happens (no date matches all of its BY parts)")
+    return parsed
+
+
+def _shift_anchor(freq: str, interval: int, dtstart: dt.datetime, low: dt.datetime) -> dt.datetime:
+    """``dtstart`` moved forward by whole multiples of its period (keeping the rule's phase), one period before ``low``.
+
+    Every BY part that defaults from DTSTART keeps its value: the time of day, and the weekday for whole weeks;
+    the day of the month or year is required explicitly by :func:`parse_rule`. So the instants from the shifted
+    start are the rule's own, and the expansion is as short as the range asked for.
+    """
+    if low <= dtstart:
+        return dtstart
+    if freq in ("DAILY", "WEEKLY"):
+        step = dt.timedelta(days=interval * (7 if freq == "WEEKLY" else 1))
+        periods = max((low - dtstart) // step - 1, 0)
+        return dtstart + step * periods
+    months = (low.year - dtstart.year) * 12 + low.month - dtstart.month
+    size = interval * (12 if freq == "YEARLY" else 1)
+    periods = max(months // size - 1, 0)
+    return dtstart + relativedelta(months=size * periods)
 
 
 def _clock(path: str, where: str, value: Any) -> int:
@@ -310,10 +489,12 @@ def _overlaps(start: dt.datetime, end: dt.datetime, occ_start: dt.datetime, occ_
 
 
 def occurrences(windows: Sequence[Window], start: dt.datetime, end: dt.datetime) -> list[Occurrence]:
-    """Every window occurrence overlapping ``[start, end]``, daily windows expanded over the adjacent days too."""
+    """Every window occurrence overlapping ``[start, end]``; recurring windows expanded over that range only."""
     found: list[Occurrence] = []
     for window in windows:
-        if window.recurring == "daily":
+        if window.rule is not None:
+            instants = window.rule.instants(start - window.after, end + window.before)
+        elif window.recurring == "daily":
             first = (start - window.after).date() - dt.timedelta(days=1)
             last = (end + window.before).date() + dt.timedelta(days=1)
             instants = []

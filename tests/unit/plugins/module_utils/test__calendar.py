@@ -291,7 +291,7 @@ BAD_SCHEDULES = [
     ("windows:\n", "windows: must be a list of windows, found None", "'windows: []' for none"),
     ("windows:\n  - at: '08:00'\n    recurring: daily\n", "windows[0]: 'name' is missing", "give the window a name"),
     ("windows:\n  - name: funding\n    recurring: daily\n    at: ['08:00']\n    befor: 15m\n",
-     "window 'funding': unknown key 'befor'", "the keys of a window are name, recurring, at, before, after"),
+     "window 'funding': unknown key 'befor'", "the keys of a window are name, recurring, at, rrule, before, after"),
     ("windows:\n  - name: funding\n    recurring: daily\n", "window 'funding': 'at' is missing",
      'give the times of day ("00:00")'),
     ("windows:\n  - name: funding\n    recurring: daily\n    at: ['25:00']\n",
