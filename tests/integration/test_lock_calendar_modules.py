@@ -116,7 +116,7 @@ def test_stale_lock_is_taken_over_and_reported(tmp_path):
     assert status == "CHANGED"
     assert res["stale_taken_over"] == [{"scope": "shard-0", "previous_owner": "bob@ops-desktop",
                                         "previous_run_id": "run-dead", "previous_patch": "matching-engine-1.4.3",
-                                        "expired_at": expired_at}]
+                                        "previous_token": 0, "expired_at": expired_at}]  # written before tokens
     assert json.loads((locks / "shard-0.lock").read_text())["run_id"] == "20261124T0915Z-ab12"
 
 

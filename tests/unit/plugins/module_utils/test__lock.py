@@ -27,11 +27,12 @@ from ansible_collections.exchangeops.patching.plugins.module_utils._lock import 
 )
 
 NOW = dt.datetime(2026, 11, 24, 9, 15, tzinfo=dt.UTC)
-LATER = NOW + dt.timedelta(hours=2)  # after the default one-hour ttl
+LATER = NOW + dt.timedelta(hours=2)  # after the one-hour ttl these tests take
 
 
 def take(directory, scopes, run_id="run-A", owner="alice@ops-laptop", now=NOW, **kw):
     kw.setdefault("patch", "matching-engine-1.4.3")
+    kw.setdefault("ttl", 3600)  # these tests reason in hours; the 60 s default and tokens: test_lock_lease.py
     return acquire(str(directory), scopes, owner, run_id, now, host="ops-laptop", pid=4242, **kw)
 
 
@@ -57,10 +58,11 @@ def test_acquire_creates_one_record_per_scope_in_a_private_folder(tmp_path):
     record = lock_json(locks, "shard-0")
     assert record == {"scope": "shard-0", "owner": "alice@ops-laptop", "run_id": "run-A",
                       "patch": "matching-engine-1.4.3", "acquired_at": "2026-11-24T09:15:00Z",
-                      "expires_at": "2026-11-24T09:30:00Z", "host": "ops-laptop", "pid": 4242}
+                      "expires_at": "2026-11-24T09:30:00Z", "host": "ops-laptop", "pid": 4242, "token": 1,
+                      "ttl": 900}
     assert stat.S_IMODE((locks / "shard-0.lock").stat().st_mode) == 0o600
     assert res.locks == [record, {**record, "scope": "chain-BTC"}]
-    assert sorted(p.name for p in locks.iterdir()) == [".guard", "chain-BTC.lock", "shard-0.lock"]  # no temp files
+    assert sorted(p.name for p in locks.iterdir()) == [".fence", ".guard", "chain-BTC.lock", "shard-0.lock"]  # no temp files
 
 
 def test_same_run_reacquiring_is_idempotent(tmp_path):
@@ -142,7 +144,7 @@ def test_stale_lock_of_another_run_is_taken_over_and_reported(tmp_path):
     assert res.changed
     assert res.stale_taken_over == [{"scope": "shard-0", "previous_owner": "bob@ops-desktop",
                                      "previous_run_id": "run-dead", "previous_patch": "matching-engine-1.4.3",
-                                     "expired_at": "2026-11-24T10:15:00Z"}]
+                                     "previous_token": 1, "expired_at": "2026-11-24T10:15:00Z"}]
     assert lock_json(tmp_path, "shard-0")["run_id"] == "run-A"
     assert lock_json(tmp_path, "shard-0")["expires_at"] == "2026-11-24T12:15:00Z"
 
