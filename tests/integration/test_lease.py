@@ -3,6 +3,7 @@ ad-hoc `ansible -m`), on the file store and on a real PostgreSQL (the pg_db fixt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -198,6 +199,15 @@ def lease_args(**kw) -> dict:
     return {"scopes": ["shard-0", "chain-BTC"], "owner": "alice@ops-laptop", "run_id": "run-A", "ttl": 60, **kw}
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
 def lease_rows(admin_dsn: str) -> dict[str, dict]:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         cur = conn.execute("SELECT scope, run_id, token, pid, expires_at, renewed_at, acquired_at, now() "
@@ -300,10 +310,11 @@ def test_a_sigkilled_controllers_lease_lapses_and_is_taken_over(tmp_path, pg_db)
         assert lease_rows(pg_db.admin_dsn)["shard-0"]["expires_at"] > row["expires_at"]
         pid = row["pid"]  # the ansible-playbook process (deploy_lock records it)
         assert "ansible-playbook" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signal.SIGKILL)  # ansible-runner started it as a session leader: its workers go too
-        else:
-            os.kill(pid, signal.SIGKILL)
+        workers = children(pid)  # ansible 2.19 workers run in sessions of their own: stop them after it
+        os.kill(pid, signal.SIGKILL)
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
     finally:
         thread.join(timeout=60)
     killed = lease_rows(pg_db.admin_dsn)["shard-0"]
