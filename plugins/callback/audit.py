@@ -132,7 +132,8 @@ KEY_VAR = "exchange_audit_key"
 STORE_VAR = "exchange_state_store"
 DSN_VAR = "exchange_state_store_dsn"
 # Seconds between two attempts to write after a failure: doubled up to the maximum.
-RETRY_FIRST, RETRY_MAX = 1.0, 30.0
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
 # A shorter connect timeout than the store's default: a controller waiting on a dead database holds up the run.
 CONNECT_TIMEOUT = 3
 

@@ -415,7 +415,6 @@ class Trail:
     key: bytes | None = None
 
 
-
 # --- the file backend -------------------------------------------------------------------------
 
 def _tail_record(fh) -> tuple[dict[str, Any] | None, bool]:

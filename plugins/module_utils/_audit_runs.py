@@ -327,5 +327,3 @@ def prometheus(m: Mapping[str, Any]) -> str:
     family("mean_time_to_restore_seconds", "gauge", "Mean time to restore over restored failed deployments.",
            [({}, m["mean_time_to_restore_s"])])
     return "\n".join(out) + "\n"
-
-

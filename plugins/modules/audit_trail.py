@@ -160,8 +160,8 @@ ok:
   sample: true
 status:
   description:
-    - V(verified) (every link checked, keyed records with the key), V(unkeyed) (links consistent but not checked
-      with a key: no key configured, or plain sha256 records), or V(broken).
+    - "V(verified) (every link checked, keyed records with the key), V(unkeyed) (links consistent but not checked
+      with a key because no key is configured, or plain sha256 records), or V(broken)."
   returned: action=verify
   type: str
   sample: verified
