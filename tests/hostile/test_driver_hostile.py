@@ -69,6 +69,8 @@ REQUIRED = {
     ("testbed", "load"): ["--rate", "1", "--duration", "1"],
     ("testbed", "kill"): ["match-0a"],
     ("testbed", "promote"): ["match-0a"],
+    ("approve",): ["--kind", "emergency", "--patch", "matching-engine-1.4.3", "--operator", "alice", "--reason", "r",
+                   "--valid-for", "2h", "--key", "id_ed25519"],
 }
 
 
@@ -126,7 +128,7 @@ def test_cli_covers_every_command():
 
 @pytest.mark.parametrize("payload", OTHER_MARKERS)
 def test_cli_refuses_every_kind_of_marker(payload, sandbox, capsys):
-    rc = cli.main(["deploy", "matching-engine-1.4.3", "--emergency", "--approver", "bob", "--reason", payload,
+    rc = cli.main(["deploy", "matching-engine-1.4.3", "--emergency", "--reason", payload,
                    "--json"])
     assert rc == 2
     assert "template marker" in capsys.readouterr().err
