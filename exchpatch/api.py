@@ -328,7 +328,7 @@ def plan(feeds: Sequence[str], catalog: str, *, inventory: str | Path | None = N
 
 @_data_only
 def deploy(patch_id: str, *, inventory: str | Path | None = None, check: bool = False, emergency: bool = False,
-           reason: str | None = None, approver: str | None = None, operator: str | None = None,
+           reason: str | None = None, approval: str | Sequence[str] | None = None, operator: str | None = None,
            serial: Sequence[int | str] | None = None, canary_bake: float | None = None, bake: float | None = None,
            on_failure: str = "rollback", accept_irreversible: bool = False, catalog: str | None = None,
            allow_downgrade: bool = False, vault_password_file: str | None = None,
@@ -338,7 +338,11 @@ def deploy(patch_id: str, *, inventory: str | Path | None = None, check: bool = 
     """Roll one catalog patch out (``playbooks/rolling_patch.yml``).
 
     ``allow_downgrade`` (with a ``reason``) lets a patch older than what a node runs go out; it is
-    recorded as a downgrade. The way back from a bad release is :func:`rollback`, not a patch."""
+    recorded as a downgrade. The way back from a bad release is :func:`rollback`, not a patch.
+
+    ``emergency``, ``accept_irreversible`` and ``allow_downgrade`` each need an ``approval`` file (or
+    several) signed by a second person (``exchpatch approve``, docs/approvals.md); the preflight
+    verifies them, and with the PostgreSQL state store finds published ones without a file."""
     _check(_ID_RE, patch_id, "patch id", "matching-engine-1.4.3")
     extravars: dict[str, Any] = {"patch_id": patch_id, "rolling_on_failure": on_failure}
     if on_failure not in ("rollback", "halt"):
@@ -346,16 +350,15 @@ def deploy(patch_id: str, *, inventory: str | Path | None = None, check: bool = 
     operator = _check(_PERSON_RE, operator, "operator", "alice") if operator else _login()
     extravars["preflight_operator"] = operator
     if emergency:
-        if not reason or not approver:
-            raise BadInput("an emergency rollout needs --reason and --approver (a second person, not the operator)")
+        if not reason:
+            raise BadInput("an emergency rollout needs --reason (and an approval signed by a second person: "
+                           "exchpatch approve, then --approval FILE)")
         extravars["preflight_emergency"] = True
     if reason is not None:
         extravars["preflight_reason"] = _check_text(reason, "reason")
-    if approver is not None:
-        _check(_PERSON_RE, approver, "approver", "bob")
-        if approver.lower() == operator.lower():
-            raise BadInput(f"approver {approver!r} is the operator; an override needs a second person")
-        extravars["preflight_approver"] = approver
+    if approval is not None:
+        files = [approval] if isinstance(approval, str | Path) else list(approval)
+        extravars["preflight_approval_file"] = [_check_file(str(f), "approval file") for f in files]
     if (s := _check_serial(serial)) is not None:
         extravars["rolling_serial"] = s
     if (v := _nonneg(canary_bake, "canary bake")) is not None:
@@ -529,14 +532,16 @@ def status(*, inventory: str | Path | None = None, vault_password_file: str | No
 # --------------------------------------------------------------------------- audit trail
 
 
-AUDIT_ACTIONS = ("verify", "history", "metrics", "report")
+AUDIT_ACTIONS = ("verify", "history", "metrics", "report", "export")
 
 
 @_data_only
 def audit(action: str, *, audit_file: str | None = None, run: str | None = None, load_report: str | None = None,
-          dest: str | None = None, prometheus: bool = False,
+          dest: str | None = None, prometheus: bool = False, unverified: bool = False,
           event_handler: EventHandler | None = None) -> Job:
-    """Verify the audit trail, list runs, compute metrics or write a run's report (``playbooks/audit.yml``)."""
+    """Verify the audit trail, list runs, compute metrics, write a run's report or export the trail
+    (``playbooks/audit.yml``). Every action but verify refuses a trail that does not verify, naming the
+    broken record, unless ``unverified``. The trail is the file (``audit_file``) or the state store's."""
     if action not in AUDIT_ACTIONS:
         raise BadInput(f"audit action {action!r} is not valid; use one of {', '.join(AUDIT_ACTIONS)}")
     extravars: dict[str, Any] = {"audit_action": action}
@@ -553,6 +558,10 @@ def audit(action: str, *, audit_file: str | None = None, run: str | None = None,
         extravars["audit_dest"] = str(Path(dest).expanduser().resolve())
     if prometheus:
         extravars["audit_prometheus"] = True
+    if unverified:
+        extravars["audit_unverified"] = True
+    if action == "export" and dest is None:
+        raise BadInput("audit export needs a destination file (--output FILE)")
 
     def finish(job: Job) -> AuditResult:
         ev = next((e for e in job.events if e.task == TASK_AUDIT and e.event in ("runner_on_ok", "runner_on_failed")),

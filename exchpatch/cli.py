@@ -266,7 +266,7 @@ def cmd_deploy(args: argparse.Namespace) -> tuple[int, Any, str]:
     from exchpatch import api
 
     result = _start(api.deploy, args, args.patch_id, inventory=args.inventory, check=args.check,
-                    emergency=args.emergency, reason=args.reason, approver=args.approver, operator=args.operator,
+                    emergency=args.emergency, reason=args.reason, approval=args.approval, operator=args.operator,
                     serial=args.serial, canary_bake=args.canary_bake, bake=args.bake, on_failure=args.on_failure,
                     accept_irreversible=args.accept_irreversible, catalog=args.catalog,
                     allow_downgrade=args.allow_downgrade, timeout=args.timeout, **_trusted_files(args))
@@ -336,7 +336,7 @@ def _audit(args: argparse.Namespace, action: str, **kw: Any) -> Any:
 
 
 def cmd_history(args: argparse.Namespace) -> tuple[int, Any, str]:
-    result = _audit(args, "history")
+    result = _audit(args, "history", unverified=args.unverified)
     runs = result.data.get("runs", [])
     rows = [{**r, "duration": f"{r['duration_s']:.0f}s" if r.get("duration_s") is not None else "-"} for r in runs]
     text = _table(rows, ["started", "run", "playbook", "patch_id", "version", "operator", "outcome", "duration"]) \
@@ -378,7 +378,8 @@ def _metrics_text(m: dict[str, Any]) -> str:
 
 
 def cmd_metrics(args: argparse.Namespace) -> tuple[int, Any, str]:
-    result = _audit(args, "metrics", prometheus=bool(args.prometheus), dest=args.prometheus or None)
+    result = _audit(args, "metrics", prometheus=bool(args.prometheus), dest=args.prometheus or None,
+                    unverified=args.unverified)
     text = _metrics_text(result.data.get("metrics", {}))
     if args.prometheus and result.exit_code == 0:
         text += f"\n\nPrometheus text written to {args.prometheus}"
@@ -388,20 +389,33 @@ def cmd_metrics(args: argparse.Namespace) -> tuple[int, Any, str]:
 def cmd_audit_verify(args: argparse.Namespace) -> tuple[int, Any, str]:
     result = _audit(args, "verify")
     d = result.data
-    if result.exit_code == 0:
-        text = f"audit trail intact: {d.get('records', '?')} records, hash chain verified"
+    if result.exit_code == 0 and d.get("status") == "verified":
+        text = f"audit trail intact: {d.get('summary') or str(d.get('records', '?')) + ' records'}"
+    elif result.exit_code == 0:
+        # links consistent, but no key vouches for them: never shown as a verified keyed trail
+        text = f"audit trail intact but NOT verified with a key: {d.get('summary') or 'unkeyed'}"
     else:
         problems = d.get("problems") or []
         text = "AUDIT TRAIL TAMPERED OR DAMAGED:\n" + "\n".join(
-            f"  {p}" if isinstance(p, str) else f"  line {p.get('line')}: {p.get('problem') or p}" for p in problems
+            f"  {p}" if isinstance(p, str) else f"  line {p.get('line')}: {p.get('what') or p.get('problem') or p}"
+            for p in problems
         ) if problems else f"audit verify failed: {result.message}"
     return result.exit_code, result.as_json(), text
 
 
 def cmd_report(args: argparse.Namespace) -> tuple[int, Any, str]:
-    result = _audit(args, "report", run=args.run, load_report=args.load, dest=args.output)
+    result = _audit(args, "report", run=args.run, load_report=args.load, dest=args.output,
+                    unverified=args.unverified)
     path = result.data.get("path") or result.data.get("dest")
     text = f"report: {path}" if result.exit_code == 0 else f"report failed: {result.message}"
+    return result.exit_code, result.as_json(), text
+
+
+def cmd_audit_export(args: argparse.Namespace) -> tuple[int, Any, str]:
+    result = _audit(args, "export", dest=args.output, unverified=args.unverified)
+    d = result.data
+    text = (f"exported {d.get('records', '?')} records to {d.get('path')}" if result.exit_code == 0
+            else f"audit export failed: {result.message}")
     return result.exit_code, result.as_json(), text
 
 
@@ -480,12 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("deploy", parents=[common, secrets, run], help="roll a catalog patch out, canary first")
     p.add_argument("patch_id", metavar="PATCH_ID", help="catalog id, e.g. matching-engine-1.4.3")
-    p.add_argument("--emergency", action="store_true", help="override a freeze window (needs --reason, --approver)")
+    p.add_argument("--emergency", action="store_true",
+                   help="override a freeze window (needs --reason and a signed approval, see exchpatch approve)")
     p.add_argument("--reason", help="why (recorded with the change); needed by --emergency and --allow-downgrade")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="let a release older than what a node runs go out (needs --reason; recorded as a "
                         "downgrade). To undo a bad release use exchpatch rollback")
-    p.add_argument("--approver", help="second person approving an emergency override")
+    p.add_argument("--approval", action="append", metavar="FILE",
+                   help="approval signed by a second person (exchpatch approve): for --emergency, "
+                        "--accept-irreversible, --allow-downgrade; repeatable")
     p.add_argument("--serial", nargs="+", metavar="N", help="batch sizes after the canary, e.g. 1 2 50%%")
     p.add_argument("--canary-bake", type=float, metavar="S", help="seconds the canary bakes under traffic")
     p.add_argument("--bake", type=float, metavar="S", help="seconds every other node bakes")
@@ -504,13 +521,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     trail = argparse.ArgumentParser(add_help=False)
     trail.add_argument("--audit-file", metavar="FILE",
-                       help="audit trail (default: $EXCHPATCH_AUDIT_FILE or ~/.local/state/exchpatch/audit.jsonl)")
-    p = sub.add_parser("history", parents=[common, trail], help="every recorded run, newest last")
+                       help="audit trail file (default: the state store's: $EXCHPATCH_STATE_STORE, else "
+                            "$EXCHPATCH_AUDIT_FILE or ~/.local/state/exchpatch/audit.jsonl)")
+    unverified = argparse.ArgumentParser(add_help=False)
+    unverified.add_argument("--unverified", action="store_true",
+                            help="read the trail even when its chain does not verify (default: refuse)")
+    p = sub.add_parser("history", parents=[common, trail, unverified], help="every recorded run, newest last")
     p.set_defaults(func=cmd_history)
-    p = sub.add_parser("metrics", parents=[common, trail], help="MTTR per CVE, change failure rate, time to restore")
+    p = sub.add_parser("metrics", parents=[common, trail, unverified],
+                       help="MTTR per CVE, change failure rate, time to restore")
     p.add_argument("--prometheus", metavar="FILE", help="also write the Prometheus text format to FILE")
     p.set_defaults(func=cmd_metrics)
-    p = sub.add_parser("report", parents=[common, trail], help="write a run's self-contained HTML report")
+    p = sub.add_parser("report", parents=[common, trail, unverified], help="write a run's self-contained HTML report")
     p.add_argument("run", metavar="RUN", nargs="?", help="run id or unique prefix (default: the last run)")
     p.add_argument("--load", metavar="FILE", help="load generator JSON report to include")
     p.add_argument("--output", metavar="FILE", help="where to write the HTML (default: next to the audit trail)")
@@ -519,18 +541,26 @@ def build_parser() -> argparse.ArgumentParser:
     asub = p.add_subparsers(dest="audit_command", required=True)
     p = asub.add_parser("verify", parents=[common, trail], help="check the hash chain: edited, removed, reordered")
     p.set_defaults(func=cmd_audit_verify)
+    p = asub.add_parser("export", parents=[common, trail, unverified],
+                        help="write the trail as JSON Lines for an auditor (verifiable with audit verify)")
+    p.add_argument("--output", metavar="FILE", required=True, help="the JSON Lines file to write (mode 0600)")
+    p.set_defaults(func=cmd_audit_export)
     from exchpatch import store as store_cli
 
     store_cli.add_parser(sub, common)
+    from exchpatch import approve as approve_cli
+
+    approve_cli.add_parser(sub, common)
     return parser
 
 
 def _classify(exc: Exception) -> int | None:
+    from exchpatch.approve import ApproveCliError
     from exchpatch.store import StoreCliError
     from testbed.fleet import TestbedError, TestbedInputError
     from testbed.release import ReleaseError
 
-    if isinstance(exc, CliError | StoreCliError):
+    if isinstance(exc, CliError | StoreCliError | ApproveCliError):
         return exc.code
     if isinstance(exc, (TestbedInputError, ReleaseError, ValueError)):
         return EXIT_BAD_INPUT

@@ -424,7 +424,10 @@ def start(kind: str, playbook: str, extravars: dict[str, Any], finish: Callable[
         "ANSIBLE_NOCOLOR": "1",
         "EXCHPATCH_RUN_ID": ident,
     }
-    for name in ("EXCHPATCH_AUDIT_FILE", "XDG_STATE_HOME", "HOME"):
+    # the control plane's settings (docs/control-plane.md): the DSN and the audit key's file travel in this
+    # process's memory only (suppress_env_files), and every record of them is redacted by name
+    for name in ("EXCHPATCH_AUDIT_FILE", "EXCHPATCH_AUDIT_KEY_FILE", "EXCHPATCH_STATE_STORE",
+                 "EXCHPATCH_STATE_STORE_DSN", "XDG_STATE_HOME", "HOME"):
         if os.environ.get(name):
             env[name] = os.environ[name]
     if operator:

@@ -43,8 +43,10 @@ description:
     cut wherever they occur, of 4 or 5 characters where they stand as a word of their own, of 1 to
     3 characters where a whole value equals them. Results of C(no_log) tasks stay censored."
   - The operator comes from the extra var C(preflight_operator), else the environment variable
-    E(EXCHPATCH_OPERATOR), else the login user; approver, reason and emergency from the extra vars
-    C(preflight_approver), C(preflight_reason) and C(preflight_emergency). The run id is
+    E(EXCHPATCH_OPERATOR), else the login user; reason and emergency from the extra vars
+    C(preflight_reason) and C(preflight_emergency). The approver is never taken from a variable: the
+    preflight records the identity and key fingerprint of a verified signed approval through the
+    C(audit_change) fact. The run id is
     E(EXCHPATCH_RUN_ID) when set (the exchpatch driver sets it to its job id), else a fresh uuid4.
   - Several runs may write the same trail at once; a file append holds an exclusive C(flock) on the file and
     is fsynced, a PostgreSQL append locks the head row in its transaction. A write error is shown as a
@@ -429,7 +431,7 @@ class CallbackModule(CallbackBase):
                     or getpass.getuser())
         self.change = {"patch_id": _text(extra.get("patch_id")), "component": _text(extra.get("component"))}
         self._write(
-            "change_opened", playbook=name, operator=operator, approver=_text(extra.get("preflight_approver")),
+            "change_opened", playbook=name, operator=operator, approver=None,
             reason=_text(extra.get("preflight_reason")), emergency=emergency, patch_id=self.change["patch_id"],
             component=self.change["component"], check_mode=self.check_mode, extra_vars=extra,
         )

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from ansible_collections.exchangeops.patching.plugins.module_utils import _store
 
 BIN = Path(sys.executable).parent
@@ -70,7 +69,7 @@ def test_a_writer_never_migrates_and_an_old_schema_is_refused(pg_server):
     try:
         conf = _store.settings("postgresql", db.writer_dsn)
         with _store.connect(conf) as conn:
-            with pytest.raises(_store.StoreError, match="version 0, this code needs 1.*exchpatch store migrate"):
+            with pytest.raises(_store.StoreError, match=r"version 0, this code needs 1.*exchpatch store migrate"):
                 _store.ensure_schema(conn)
             with pytest.raises(_store.StoreError, match="as the database owner"):
                 _store.migrate(conn)
@@ -79,7 +78,7 @@ def test_a_writer_never_migrates_and_an_old_schema_is_refused(pg_server):
 
 
 def test_store_settings_name_the_fix_and_never_the_password():
-    with pytest.raises(_store.StoreError, match="exchange_state_store .*file, postgresql"):
+    with pytest.raises(_store.StoreError, match=r"exchange_state_store .*file, postgresql"):
         _store.settings("etcd")
     with pytest.raises(_store.StoreError, match="needs a DSN"):
         _store.settings("postgresql", environ={})

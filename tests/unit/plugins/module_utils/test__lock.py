@@ -62,7 +62,7 @@ def test_acquire_creates_one_record_per_scope_in_a_private_folder(tmp_path):
                       "ttl": 900}
     assert stat.S_IMODE((locks / "shard-0.lock").stat().st_mode) == 0o600
     assert res.locks == [record, {**record, "scope": "chain-BTC"}]
-    assert sorted(p.name for p in locks.iterdir()) == [".fence", ".guard", "chain-BTC.lock", "shard-0.lock"]  # no temp files
+    assert sorted(p.name for p in locks.iterdir()) == [".fence", ".guard", "chain-BTC.lock", "shard-0.lock"]
 
 
 def test_same_run_reacquiring_is_idempotent(tmp_path):
