@@ -44,7 +44,7 @@ description:
     3 characters where a whole value equals them. Results of C(no_log) tasks stay censored."
   - The operator comes from the extra var C(preflight_operator), else the environment variable
     E(EXCHPATCH_OPERATOR), else the login user; reason and emergency from the extra vars
-    C(preflight_reason) and C(preflight_emergency). The approver is never taken from a variable: the
+    C(preflight_reason) and C(preflight_emergency). The approver is never taken from a variable; the
     preflight records the identity and key fingerprint of a verified signed approval through the
     C(audit_change) fact. The run id is
     E(EXCHPATCH_RUN_ID) when set (the exchpatch driver sets it to its job id), else a fresh uuid4.

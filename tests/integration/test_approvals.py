@@ -231,8 +231,8 @@ def records(audit: Path) -> list[dict]:
     ("unknown", "is not in"),
     ("free_text", "preflight_approver"),
 ])
-def test_a_refused_approval_stops_the_rollout_before_any_node_or_lock(fleet, refused_patch, keys, tmp_path, case,
-                                                                     message):
+def test_a_refused_approval_stops_the_rollout_before_any_node_or_lock(
+        fleet, refused_patch, keys, tmp_path, case, message):
     pid = refused_patch
     out = tmp_path / "a.json"
     extra = {
@@ -266,8 +266,8 @@ def test_good_approvals_let_the_run_go_and_the_audit_trail_names_the_approver_an
     schedule.write_text(f'---\nwindows:\n  - name: funding now\n    recurring: daily\n    at: ["{now}"]\n'
                         "    before: 30m\n    after: 30m\n")
     before = versions(fleet)
-    res = rollout(fleet, keys, audit, pid, "-e", json.dumps({"preflight_approval_file": [str(emergency),
-                                                                                          str(irreversible)]}),
+    files = {"preflight_approval_file": [str(emergency), str(irreversible)]}
+    res = rollout(fleet, keys, audit, pid, "-e", json.dumps(files),
                   "-e", "preflight_accept_irreversible=true", "-e", f"preflight_schedule={schedule}", check=True)
     assert res.returncode == 0, res.stdout[-3000:]
     assert versions(fleet) == before

@@ -55,7 +55,7 @@ def module(name: str, args: dict) -> tuple[bool, dict]:
     res = subprocess.run([str(BIN / "ansible"), "localhost", "-m", f"exchangeops.patching.{name}",
                           "-a", json.dumps(args)], capture_output=True, text=True, env=ENV, cwd=REPO,
                          timeout=120, check=False)
-    head, _, body = res.stdout.partition(" => ")
+    head, _sep, body = res.stdout.partition(" => ")
     assert body, res.stdout + res.stderr
     return "SUCCESS" in head or "CHANGED" in head, json.loads(body)
 

@@ -51,8 +51,8 @@ def test_check_passes_only_for_this_run_and_token_unexpired(tmp_path):
     assert _lock.check(str(tmp_path), ["shard-0", "chain-BTC"], "run-A", token, NOW).token == token
     with pytest.raises(LockConflictError, match=r"with token 1, not 7: the lease was lost"):
         _lock.check(str(tmp_path), ["shard-0"], "run-A", 7, NOW)
-    with pytest.raises(LockConflictError, match=r"expired at 2026-11-24T09:16:00Z \(controller time now "
-                                                 r"2026-11-24T09:16:00Z\)") as info:
+    expired = r"expired at 2026-11-24T09:16:00Z \(controller time now 2026-11-24T09:16:00Z\)"
+    with pytest.raises(LockConflictError, match=expired) as info:
         _lock.check(str(tmp_path), ["shard-0"], "run-A", token, NOW + dt.timedelta(seconds=60))
     assert info.value.result.lost[0]["reason"] == "expired"
     with pytest.raises(LockConflictError, match=r"shard-9 has no lease"):
