@@ -46,6 +46,8 @@ from testbed.release import build_release
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# how long one playbook may run before ansible-runner stops it (--cap)
+CAP = [1800]
 OURS, NAIVE = "our rollout", "naive rolling update"
 COMPONENT = "matching-engine"
 HOST_EVENTS = ("runner_on_ok", "runner_on_failed", "runner_on_skipped", "runner_on_unreachable",
@@ -146,7 +148,7 @@ def run_playbook(root: Path, ident: str, playbook: Path, inventory: str, extrava
         r = ansible_runner.run(private_data_dir=str(root / "runner"), ident=ident, project_dir=str(REPO),
                                playbook=str(playbook), inventory=inventory, extravars=extravars, envvars=env,
                                quiet=True, event_handler=on_event, cancel_callback=interrupt.event.is_set,
-                               timeout=1800)
+                               timeout=CAP[0])
     finally:
         interrupt.in_runner = False
     run.total_s = time.monotonic() - t0
@@ -281,11 +283,14 @@ def main() -> int:
     ap.add_argument("--shards", type=int, default=2, help="matching shards (2 nodes each); default 2")
     ap.add_argument("--wallets", type=int, default=2, help="wallet-signer nodes; default 2")
     ap.add_argument("--skip-naive", action="store_true", help="run our rollout only (large fleets)")
+    ap.add_argument("--cap", type=int, default=1800, metavar="S",
+                    help="stop a playbook that runs longer than S seconds (ansible-runner's timeout); default 1800")
     ap.add_argument("--ours-vars", type=json.loads, default={}, metavar="JSON",
                     help="extra vars for our rollout as a JSON object, e.g. '{\"rolling_canary_bake\": 3}'; "
                          "default: the playbook's defaults")
     ap.add_argument("--json", action="store_true", help="print one JSON document, nothing else")
     args = ap.parse_args()
+    CAP[0] = args.cap
     if args.rate <= 0 or not 1 <= args.net <= 254 or not 1 <= args.shards <= 100 or not 0 <= args.wallets <= 20:
         ap.error("--rate must be positive, --net between 1 and 254, --shards 1 to 100, --wallets 0 to 20")
     if not isinstance(args.ours_vars, dict):

@@ -71,6 +71,7 @@ REQUIRED = {
     ("testbed", "promote"): ["match-0a"],
     ("approve",): ["--kind", "emergency", "--patch", "matching-engine-1.4.3", "--operator", "alice", "--reason", "r",
                    "--valid-for", "2h", "--key", "id_ed25519"],
+    ("audit", "export"): ["--output", "{catalog}/export.jsonl"],
 }
 
 

@@ -237,6 +237,25 @@ def rolling_patch(f, *extra: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=400, check=False)
 
 
+def downgrade_approval(folder: Path, patch_id: str, operator: str) -> tuple[Path, Path]:
+    """(allowed_signers, approval file): bob, with a fresh ed25519 key, approves ``patch_id``'s downgrade."""
+    import datetime as dt
+
+    from ansible_collections.exchangeops.patching.plugins.module_utils import _approval
+
+    key = folder / "bob"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bob", "-f", str(key)], check=True)
+    signers = folder / "allowed_signers"
+    pub = " ".join((folder / "bob.pub").read_text().split()[:2])
+    signers.write_text(f'bob namespaces="exchpatch-approval" {pub}\n')
+    now = dt.datetime.now(dt.UTC)
+    doc = _approval.make_document("downgrade", patch_id, operator, "1.4.2 miscomputes fees",
+                                  now + dt.timedelta(hours=1), now).canonical()
+    approval = folder / "downgrade.json"
+    approval.write_text(_approval.approval_file_text(doc, _approval.sign(doc, str(key))))
+    return signers, approval
+
+
 @pytest.mark.fleet
 def test_preflight_refuses_lying_catalog_downgrade_and_second_key_touching_nothing(fleet, tmp_path):
     import yaml
@@ -274,8 +293,15 @@ def test_preflight_refuses_lying_catalog_downgrade_and_second_key_touching_nothi
     assert state() == before
     res = rolling_patch(fleet, "-e", f"patch_id={old}", "-e", "preflight_allow_downgrade=true")
     assert res.returncode != 0 and "no reason is given" in res.stdout, res.stdout[-3000:]
-    res = rolling_patch(fleet, "-e", f"patch_id={old}", "-e", "preflight_allow_downgrade=true",
-                        "-e", "preflight_reason=1.4.2 miscomputes fees", "--check")
+    allowed = ("-e", f"patch_id={old}", "-e", "preflight_allow_downgrade=true", "-e", "preflight_operator=alice",
+               "-e", "preflight_reason=1.4.2 miscomputes fees")
+    res = rolling_patch(fleet, *allowed)
+    assert res.returncode != 0 and "needs an approval of kind downgrade" in res.stdout, res.stdout[-3000:]
+    assert state() == before
+    # ... and signed by someone else (docs/approvals.md): then it may go (checked in --check)
+    signers, approval = downgrade_approval(tmp_path, old, "alice")
+    res = rolling_patch(fleet, *allowed, "-e", f"exchange_allowed_signers={signers}",
+                        "-e", f"preflight_approval_file={approval}", "--check")
     assert res.returncode == 0, res.stdout[-3000:]
     assert state() == before
 

@@ -7,6 +7,7 @@ module; each test leaves it converged on one release per component.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import signal
@@ -116,7 +117,7 @@ def test_faulty_matching_release_is_caught_at_the_canary_and_rolled_back(fleet, 
         "-e", "matching_node_gate_timeout=20"))
     out = res.stdout
     assert res.returncode != 0, out[-3000:]
-    assert f"{pid} failed on" in out
+    assert f"{pid} failed on" in out, out[-3000:]
     assert f"{gate}:" in out, out[-3000:]  # the right gate caught it, with its evidence
     rolled_back = re.search(r"Rolled back ([\w, -]+); the fleet is back on", out)
     assert rolled_back, out[-3000:]
@@ -274,7 +275,10 @@ def test_controller_killed_mid_rollout_then_rerun_resumes(fleet):
     while any(_expiry(r) >= dt.datetime.now(dt.UTC) for r in _leases(lock_dir, fleet.shards)):
         assert time.monotonic() < deadline, "the dead run's lease was still renewed"
         time.sleep(0.5)
-    args = ("-e", f"patch_id={pid}", "-e", "rolling_canary_bake=2")
+    # this test is about the lease and the resume, not the gates: a p99 judged on a few requests on a
+    # loaded CI machine (issue 15) must not turn the rerun into a rollback
+    args = ("-e", f"patch_id={pid}", "-e", "rolling_canary_bake=2",
+            "-e", json.dumps({"matching_node_bounds": {"p99_slack_ms": 2000}}))
     res, report = under_load(fleet, lambda: playbook(fleet, "rolling_patch.yml", *args))
     assert res.returncode == 0, res.stdout[-4000:]
     assert "stale locks taken over: shard-" in res.stdout
