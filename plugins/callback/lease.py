@@ -116,6 +116,12 @@ class Renewer:
                 display.warning(f"could not renew {self.name} ({e}); retrying in {self.interval:g} s, and the lease "
                                 f"is lost if it is not renewed within its ttl of {self.ttl} s")
                 continue
+            except Exception as e:  # pylint: disable=broad-except  # noqa: BLE001 - the thread must outlive surprises
+                # anything else (a lock file read mid-replace, a driver bug) must not end the renewals silently:
+                # a dead thread would let a live run's lease lapse
+                display.warning(f"unexpected error renewing {self.name} ({e.__class__.__name__}: {e}); retrying in "
+                                f"{self.interval:g} s")
+                continue
             display.vvv(f"exchangeops.patching.lease: renewed {self.name} until {result.lease['expires_at']}"
                         if result.lease else f"exchangeops.patching.lease: renewed {self.name}")
 
