@@ -8,7 +8,7 @@ nothing here imports collection code.
 
     job = deploy("matching-engine-1.4.3", event_handler=print_progress)
     result = job.wait()          # DeployResult
-    result.outcome               # successful | rolled_back | halted | refused | failed | canceled | check
+    result.outcome               # successful | rolled_back | halted | inconclusive | refused | failed | canceled | check
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ class PlanResult(Result):
 @dataclass
 class DeployResult(Result):
     patch_id: str = ""
-    outcome: str = ""  # successful | check | rolled_back | halted | refused | failed | canceled
+    outcome: str = ""  # successful | check | rolled_back | halted | inconclusive | refused | failed | canceled
     check: bool = False
     change: dict[str, Any] = field(default_factory=dict)
     failed_nodes: list[str] = field(default_factory=list)
@@ -387,6 +387,8 @@ def deploy(patch_id: str, *, inventory: str | Path | None = None, check: bool = 
             outcome = "check" if check else "successful"
         elif evidence is not None:
             outcome = "halted" if "Halted" in evidence.msg else "rolled_back"
+        elif (change.get("stopped") or {}).get("reason") == "inconclusive":
+            outcome = "inconclusive"  # a traffic gate could not judge: halted for a human, nothing rolled back
         elif job.cancel_requested:
             outcome = "canceled"
         elif change.get("stage") == "preflight" or any(e.play == PREFLIGHT_PLAY for e in _failures(job)):

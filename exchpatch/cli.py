@@ -276,6 +276,7 @@ def cmd_deploy(args: argparse.Namespace) -> tuple[int, Any, str]:
         "check": f"{args.patch_id}: check mode, nothing was touched",
         "rolled_back": f"{args.patch_id}: FAILED and rolled back",
         "halted": f"{args.patch_id}: FAILED and halted for a human to decide (lock kept)",
+        "inconclusive": f"{args.patch_id}: HALTED for a human: a traffic gate had too few client requests to judge",
         "refused": f"{args.patch_id}: refused before any node was touched",
         "canceled": f"{args.patch_id}: canceled",
         "failed": f"{args.patch_id}: FAILED",
@@ -361,6 +362,9 @@ def _metrics_text(m: dict[str, Any]) -> str:
         f"deployments {m.get('deployments', 0)}, failed {m.get('failed_deployments', 0)}, "
         f"rollbacks {m.get('rollbacks', 0)}, runs {m.get('runs', 0)}",
         "change failure rate: " + ("-" if cfr is None else f"{cfr:.0%}"),
+        f"inconclusive (halted for a human, too few client requests to judge): "
+        f"{m.get('inconclusive_deployments', 0)} deployments, "
+        f"{sum((m.get('inconclusive_gates') or {}).values())} traffic gates",
         f"MTTR (mean over {mttr.get('fixed', 0)} fixed CVEs): {_duration(mttr.get('mean_s'))}",
         f"mean time to restore: {_duration(m.get('mean_time_to_restore_s'))}",
     ]

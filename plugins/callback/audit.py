@@ -455,6 +455,9 @@ class CallbackModule(CallbackBase):
     def _outcome(self, stats: dict[str, dict[str, int]]) -> str:
         if self.check_mode:
             return "check"
+        stopped = self.change.get("stopped")
+        if isinstance(stopped, dict) and stopped.get("reason") == "inconclusive":
+            return "inconclusive"  # halted for a human: a traffic gate could not judge
         if _as_bool(self.change.get("halted")):
             return "halted"
         if _as_bool(self.change.get("rolled_back")):

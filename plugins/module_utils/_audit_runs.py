@@ -19,7 +19,9 @@ from typing import Any
 from ansible_collections.exchangeops.patching.plugins.module_utils._audit import iso, parse_ts, utc_now
 from ansible_collections.exchangeops.patching.plugins.module_utils._changes import merge_record
 
-OUTCOMES = ("successful", "failed", "rolled_back", "halted", "canceled", "check", "refused")
+OUTCOMES = ("successful", "failed", "rolled_back", "halted", "inconclusive", "canceled", "check", "refused")
+# inconclusive: a traffic gate had too few client requests to judge and the run halted for a human.
+# Nothing failed and nothing was rolled back: not a failed change; counted on its own.
 FAILED_OUTCOMES = ("rolled_back", "failed", "halted")
 INTERRUPTED = "interrupted"
 DEPLOY_PLAYBOOK = "rolling_patch.yml"
@@ -179,6 +181,13 @@ def metrics(runs: list[Run], now: dt.datetime | None = None) -> dict[str, Any]:
     deployments = [r for r in runs if _is_deployment(r)]
     failed = [r for r in deployments if r.outcome in FAILED_OUTCOMES]
     rollbacks = [r for r in runs if _is_rollback(r)]
+    inconclusive_runs = [r for r in deployments if r.outcome == "inconclusive"]
+    inconclusive_gates: dict[str, int] = {}
+    for run in runs:
+        gates = run.change.get("inconclusive_gates")
+        if isinstance(gates, list) and gates and not run.check_mode:
+            key = run.playbook or "unknown"
+            inconclusive_gates[key] = inconclusive_gates.get(key, 0) + len(gates)
     outcomes: dict[str, dict[str, int]] = {}
     for run in runs:
         per = outcomes.setdefault(run.playbook or "unknown", {})
@@ -254,6 +263,8 @@ def metrics(runs: list[Run], now: dt.datetime | None = None) -> dict[str, Any]:
         "failed_deployments": len(failed),
         "rollbacks": len(rollbacks),
         "change_failure_rate": round(len(failed) / len(deployments), 6) if deployments else None,
+        "inconclusive_deployments": len(inconclusive_runs),
+        "inconclusive_gates": inconclusive_gates,
         "outcomes": outcomes,
         "mttr": {
             "per_cve": per_cve,
@@ -307,6 +318,12 @@ def prometheus(m: Mapping[str, Any]) -> str:
            "Runs of rollback.yml plus rolling_patch.yml runs that rolled back.", [({}, m["rollbacks"])])
     family("change_failure_rate", "gauge", "Failed deployments divided by deployments (0 to 1).",
            [({}, m["change_failure_rate"])])
+    family("inconclusive_deployments_total", "counter",
+           "Deployments halted for a human because a traffic gate had too few client requests to judge "
+           "(not failed changes).", [({}, m.get("inconclusive_deployments", 0))])
+    family("inconclusive_gates_total", "counter",
+           "Traffic gates that ended inconclusive, by playbook, whatever the policy did with them.",
+           [({"playbook": pb}, n) for pb, n in sorted((m.get("inconclusive_gates") or {}).items())])
     family("runs_total", "counter", "Playbook runs in the audit trail by playbook and outcome.",
            [({"playbook": pb, "outcome": oc}, n) for pb, per in sorted(m["outcomes"].items())
             for oc, n in sorted(per.items())])

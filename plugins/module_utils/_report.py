@@ -44,6 +44,7 @@ OUTCOME_COLOURS = {
     "rolled_back": "#e76f51",
     "failed": "#c1121f",
     "halted": "#9d0208",
+    "inconclusive": "#e9c46a",
     "canceled": "#6c757d",
     "check": "#1982c4",
     "refused": "#b5838d",
@@ -114,7 +115,7 @@ table{border-collapse:collapse;background:#fff;margin:4px 0}
 td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f0f0f0;font-weight:600}
 table.facts th{width:130px}
-.pass{color:#2b9348;font-weight:600}.fail{color:#c1121f;font-weight:600}.unknown{color:#6c757d;font-weight:600}
+.pass{color:#2b9348;font-weight:600}.fail{color:#c1121f;font-weight:600}.unknown{color:#6c757d;font-weight:600}.inconclusive{color:#b07d00;font-weight:600}
 .legend{display:flex;flex-wrap:wrap;gap:6px 16px;margin:6px 0 10px;font-size:13px}
 .sw{display:inline-block;width:14px;height:14px;border-radius:3px;vertical-align:-2px;margin-right:5px}
 .chart{overflow-x:auto;background:#fff;border:1px solid #ddd}
@@ -164,6 +165,17 @@ def _header(change: Mapping[str, Any], run: Timeline, outcome: str) -> str:
     ]
     if change.get("check_mode"):
         times.append(("check mode", "yes: no node was changed"))
+    inconclusive = change.get("inconclusive_gates")
+    if isinstance(inconclusive, list) and inconclusive:
+        times.append(("inconclusive gates", "; ".join(
+            f"{g.get('node')} ({_list(g.get('checks'))}, policy {g.get('policy')})" for g in inconclusive
+            if isinstance(g, Mapping))))
+    if isinstance(change.get("shard_state"), list):
+        times.append(("shards after the run", " | ".join(str(x) for x in change["shard_state"])))
+    if change.get("shards_repaired"):
+        times.append(("standbys promoted", _list(change.get("shards_repaired"))))
+    if change.get("next_step"):
+        times.append(("next step", change["next_step"]))
 
     def table(pairs: list[tuple[str, Any]]) -> str:
         return '<table class="facts">' + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in pairs) + \
@@ -291,18 +303,22 @@ def _gates(run: Timeline) -> str:
     rows = []
     for g in run.gates:
         checks = g.checks or [{"name": "?", "passed": False, "evidence": g.msg or "no gate results"}]
-        verdict = '<span class="pass">passed</span>' if g.passed else '<span class="fail">failed</span>'
+        if g.outcome == "inconclusive":
+            verdict = '<span class="inconclusive">inconclusive</span>'
+        else:
+            verdict = '<span class="pass">passed</span>' if g.passed else '<span class="fail">failed</span>'
         timing = " ".join(p for p in (
             f"{g.elapsed}s" if as_number(g.elapsed) is not None else "",
             f"{g.polls} polls" if as_number(g.polls) is not None else "") if p)
         span = len(checks)
         for i, c in enumerate(checks):
             ok = c.get("passed") is True
+            word = "inconclusive" if c.get("outcome") == "inconclusive" else ("pass" if ok else "fail")
             cell = (f'<td rowspan="{span}">{_e(_clock(g.ts))}</td><td rowspan="{span}">{_e(g.host)}</td>'
                     f'<td rowspan="{span}">{_e(g.task)}{" (rollback)" if g.rollback else ""}</td>'
                     f'<td rowspan="{span}">{verdict} {_e(timing)}</td>') if i == 0 else ""
             rows.append(f'<tr class="{"" if ok else "failed"}">{cell}<td>{_e(c.get("name"))}</td>'
-                        f'<td class="{"pass" if ok else "fail"}">{"pass" if ok else "fail"}</td>'
+                        f'<td class="{word}">{word}</td>'
                         f'<td class="evidence">{_e(c.get("evidence"))}</td></tr>')
     baselines = ""
     if run.baselines:

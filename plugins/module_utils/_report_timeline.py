@@ -125,6 +125,7 @@ class Gate:
     polls: Any
     msg: str
     rollback: bool
+    outcome: str = ""  # passed | failed | inconclusive (health_gate's outcome; "" from older trails)
 
 
 @dataclass
@@ -276,7 +277,8 @@ def _read_result(run: Timeline, step: Step, res: Mapping[str, Any]) -> None:
             passed = step.status not in ("failed", "unreachable") and all(g.get("passed") is True for g in checks)
         run.gates.append(Gate(step.end, step.host, step.task, passed and step.status not in ("failed", "unreachable"),
                               [dict(g) for g in checks], res.get("elapsed"), res.get("polls"),
-                              step.msg if step.status != "ok" else "", step.rollback))
+                              step.msg if step.status != "ok" or res.get("outcome") == "inconclusive" else "",
+                              step.rollback, str(res.get("outcome") or "")))
     if isinstance(res.get("baseline"), Mapping):
         run.baselines.append((step.host, dict(res["baseline"])))
     results = res.get("results")

@@ -528,3 +528,35 @@ def test_merge_change_null_never_overwrites_and_is_shared_by_runs_and_report():
     runs = group_runs(records)
     assert {k: runs[0].change[k] for k in ("version", "patch_id", "outcome", "started")} == \
         {k: merged[k] for k in ("version", "patch_id", "outcome", "started")}
+
+
+def test_inconclusive_runs_are_counted_on_their_own_not_as_failed_changes(tmp_path):
+    # a rollout halted because a traffic gate had too few client requests, and a rollback that went on
+    # past an inconclusive gate (rollback_on_inconclusive=proceed): neither is a failed change, both show
+    path = tmp_path / "a.jsonl"
+    gate = {"node": "match-0b", "checks": ["p99"], "policy": "halt", "msg": "12 client requests < minimum 50"}
+    append(str(path), [
+        opened("H", "2026-11-23T00:00:00.000000Z", "rolling_patch.yml", patch_id="me-1.5.0"),
+        rec("H", "change_updated", "2026-11-23T00:05:00.000000Z",
+            change={"inconclusive_gates": [gate], "halted": True, "stopped": {"reason": "inconclusive"},
+                    "next_step": "Halted for a human"}),
+        closed("H", "2026-11-23T00:00:00.000000Z", "2026-11-23T00:06:00.000000Z", "inconclusive"),
+        opened("D", "2026-11-23T01:00:00.000000Z", "rolling_patch.yml", patch_id="me-1.5.0"),
+        closed("D", "2026-11-23T01:00:00.000000Z", "2026-11-23T01:06:00.000000Z", "successful"),
+        opened("R", "2026-11-23T02:00:00.000000Z", "rollback.yml", component="matching-engine"),
+        rec("R", "change_updated", "2026-11-23T02:05:00.000000Z",
+            change={"inconclusive_gates": [{**gate, "policy": "proceed"}, {**gate, "node": "match-1b"}]}),
+        closed("R", "2026-11-23T02:00:00.000000Z", "2026-11-23T02:06:00.000000Z", "successful"),
+    ])
+    runs = group_runs(read_records(str(path)))
+    rows = {r["run"]: r for r in history(runs)}
+    assert rows["H"]["outcome"] == "inconclusive"
+    m = metrics(runs, now=NOW)
+    assert (m["deployments"], m["failed_deployments"], m["change_failure_rate"]) == (2, 0, 0.0)
+    assert m["inconclusive_deployments"] == 1
+    assert m["inconclusive_gates"] == {"rolling_patch.yml": 1, "rollback.yml": 2}
+    assert m["time_to_restore"] == []  # nothing failed, nothing to restore
+    text = prometheus(m)
+    assert "exchpatch_inconclusive_deployments_total 1\n" in text
+    assert 'exchpatch_inconclusive_gates_total{playbook="rollback.yml"} 2\n' in text
+    assert 'exchpatch_runs_total{playbook="rolling_patch.yml",outcome="inconclusive"} 1\n' in text

@@ -568,5 +568,29 @@ def test_every_task_name_in_the_playbooks_maps_to_a_phase_or_is_bookkeeping():
     assert not [n for n in steps if phase_of(n) == "other"]
 
 
+def test_an_inconclusive_gate_and_a_halted_run_show_as_such_with_the_shards_and_the_next_step():
+    fx = load_fixture("good")
+    records = copy.deepcopy(fx["records"])
+    gate = next(r for r in records if r["kind"] == "event" and r["event"] == "runner_on_ok"
+                and r["task"] == "Gate the promoted node under client traffic")
+    gate["res"].update(outcome="inconclusive", passed=False, msg="p99: 12 client requests < minimum 50")
+    for g in gate["res"]["gates"]:
+        if g["name"] == "p99":
+            g.update(passed=False, outcome="inconclusive", evidence="12 client requests < minimum 50")
+    change = {**fx["change"], "outcome": "inconclusive",
+              "inconclusive_gates": [{"node": gate["host"], "checks": ["p99"], "policy": "halt", "msg": "thin"}],
+              "shard_state": ["shard 0: match-0a standby 1.4.2 ready; match-0b primary 1.4.3 ready"],
+              "next_step": "Halted for a human: rerun when the market trades"}
+    doc = render_html(change, records, None)
+    page = parse(doc)
+    assert "outcome-inconclusive" in doc
+    assert [td for td in page.find("td") if td.text == "inconclusive" and "inconclusive" in td.attrs.get("class", "")]
+    assert '<span class="inconclusive">inconclusive</span>' in doc
+    cells = [td.text for td in page.find("td")]
+    assert f"{gate['host']} (p99, policy halt)" in cells
+    assert "shard 0: match-0a standby 1.4.2 ready; match-0b primary 1.4.3 ready" in cells
+    assert "Halted for a human: rerun when the market trades" in cells
+
+
 if __name__ == "__main__":  # pragma: no cover
     capture(Path(sys.argv[1]) if len(sys.argv) > 1 else FIXTURES)
