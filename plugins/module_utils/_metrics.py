@@ -11,11 +11,16 @@ the ``exchange_request_duration_seconds{kind="client"}`` histogram.
 
 A window is the difference of two snapshots. A counter that went down means the process
 restarted between them; the window is then the ``after`` snapshot alone (everything since
-the restart). The p99 of a window is the upper bound of the histogram bucket holding the
-nearest-rank 99th percentile (rank ``ceil(0.99 * n)``): a conservative figure, never lower
-than the true value, at the histogram's resolution. A window without client requests has
-no error rate and no p99 (``None``): there is no data, and a gate must not read that as
-healthy.
+the restart). The window keeps its per-bucket request counts (``WindowStats.buckets``), so a
+gate can compare two latency distributions rather than two numbers.
+
+Quantiles (``quantile``, the window's ``p99_ms``) are interpolated linearly inside the bucket
+that holds them, exactly as Prometheus' ``histogram_quantile`` does: rank ``q * n``; the
+lowest bucket's lower bound is 0 when its upper bound is > 0 (else the quantile is that upper
+bound); a quantile that falls in the ``+Inf`` bucket is the upper bound of the highest finite
+bucket (``WindowStats.p99_beyond`` then says the true value is beyond it). A window without
+client requests has no error rate and no p99 (``None``): there is no data, and a gate must not
+read that as healthy.
 """
 
 from __future__ import annotations
@@ -59,23 +64,56 @@ class WindowStats:
     requests: int
     errors: int
     error_rate: float | None  # errors / requests; None without requests
-    p99_ms: float | None  # bucket upper bound in ms (math.inf beyond the largest bucket); None without requests
+    p99_ms: float | None  # interpolated (histogram_quantile); None without requests
     client_requests: int = 0  # requests in the latency histogram (what p99 is computed over)
     restarted: bool = False  # a counter went down: the window is the after snapshot alone
+    # requests per bucket (upper bound in seconds, count; not cumulative), the +Inf bucket last
+    buckets: tuple[tuple[float, int], ...] = ()
+
+    @property
+    def p99_beyond(self) -> bool:
+        """The p99 fell in the +Inf bucket: ``p99_ms`` is the largest finite bound, the true value is higher."""
+        return in_inf_bucket(0.99, self.buckets)
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-safe form: a p99 beyond the largest bucket is the string ``+Inf``."""
-        p99: object = self.p99_ms
-        if p99 is not None and math.isinf(p99):
-            p99 = "+Inf"
+        """JSON-safe form; ``buckets`` maps each upper bound (as the exposition writes it) to its count."""
         return {
             "requests": self.requests,
             "errors": self.errors,
             "error_rate": self.error_rate,
-            "p99_ms": p99,
+            "p99_ms": self.p99_ms,
+            "p99_beyond": self.p99_beyond,
             "client_requests": self.client_requests,
             "restarted": self.restarted,
+            "buckets": buckets_as_dict(self.buckets),
         }
+
+
+def le_text(le: float) -> str:
+    """An upper bound as a label value: ``+Inf`` or the float's shortest form (``0.025``)."""
+    return "+Inf" if math.isinf(le) else repr(float(le))
+
+
+def buckets_as_dict(buckets: tuple[tuple[float, int], ...]) -> dict[str, int]:
+    return {le_text(le): int(n) for le, n in buckets}
+
+
+def buckets_from_dict(raw: dict[str, object]) -> tuple[tuple[float, int], ...]:
+    """Per-bucket counts from their JSON form (``{"0.025": 12, ..., "+Inf": 0}``); MetricsError when malformed."""
+    out: list[tuple[float, int]] = []
+    for key, value in raw.items():
+        try:
+            le = float(key)
+        except (TypeError, ValueError):
+            raise MetricsError(f"bucket bound {key!r} is not a number (use the le value, e.g. '0.025' or '+Inf')") \
+                from None
+        if math.isnan(le) or isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise MetricsError(f"bucket {key!r}: the count must be a whole number >= 0, got {value!r}")
+        out.append((le, value))
+    out.sort()
+    if out and not math.isinf(out[-1][0]):
+        out.append((math.inf, 0))
+    return tuple(out)
 
 
 def _unescape(value: str) -> str:
@@ -178,20 +216,69 @@ def _went_down(before: MetricsSnapshot, after: MetricsSnapshot) -> bool:
     return any(after_buckets.get(le, 0.0) < n for le, n in before.client_buckets)
 
 
-def p99_from_buckets(deltas: list[tuple[float, float]]) -> float | None:
-    """Upper bound (ms) of the bucket holding the nearest-rank 99th percentile; None when empty.
+def cumulative(buckets: tuple[tuple[float, int], ...] | list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Per-bucket counts (sorted by upper bound) to cumulative ones, as the exposition writes them."""
+    total = 0.0
+    out = []
+    for le, n in sorted(buckets):
+        total += n
+        out.append((le, total))
+    return out
 
-    ``deltas`` are cumulative counts per upper bound ``le`` (seconds), as in the exposition.
+
+def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """The ``q`` quantile of a histogram, in the unit of its bounds, as Prometheus' ``histogram_quantile``.
+
+    ``buckets`` are cumulative counts per upper bound ``le``, the highest being ``+Inf`` (ValueError
+    otherwise, where Prometheus returns NaN). Rank ``q * total``; the quantile is interpolated
+    linearly inside the first bucket whose cumulative count reaches the rank, from the previous
+    bucket's upper bound (0 for the lowest bucket when its upper bound is > 0; a lowest bucket with
+    a bound <= 0 returns that bound). In the ``+Inf`` bucket it is the highest finite upper bound.
+    None when the histogram is empty; ValueError for q outside [0, 1].
     """
-    ordered = sorted(deltas)
-    total = ordered[-1][1] if ordered else 0.0
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile q must be within [0, 1], got {q!r}")
+    ordered = sorted(buckets)
+    if not ordered or not math.isinf(ordered[-1][0]):
+        raise ValueError("a histogram needs a +Inf bucket to take quantiles from")
+    # like Prometheus, tolerate a count that goes down between buckets (scrape skew)
+    fixed, top = [], 0.0
+    for le, count in ordered:
+        top = max(top, count)
+        fixed.append((le, top))
+    total = fixed[-1][1]
     if total <= 0:
         return None
-    rank = math.ceil(0.99 * total)
-    for le, cumulative in ordered:
-        if cumulative >= rank:
-            return math.inf if math.isinf(le) else round(le * 1000.0, 6)
-    return math.inf
+    if len(fixed) < 2:
+        return None  # only a +Inf bucket: no finite bound to report
+    rank = q * total
+    index = next((i for i, (_le, count) in enumerate(fixed[:-1]) if count >= rank), len(fixed) - 1)
+    if index == len(fixed) - 1:
+        return fixed[-2][0]
+    upper, count = fixed[index]
+    if index == 0 and upper <= 0:
+        return upper
+    lower, below = (0.0, 0.0) if index == 0 else fixed[index - 1]
+    in_bucket = count - below
+    if in_bucket <= 0:
+        return upper
+    return lower + (upper - lower) * ((rank - below) / in_bucket)
+
+
+def in_inf_bucket(q: float, buckets: tuple[tuple[float, int], ...]) -> bool:
+    """Whether the ``q`` quantile of per-bucket counts falls in the +Inf bucket."""
+    cum = cumulative(buckets)
+    if len(cum) < 2 or cum[-1][1] <= 0:
+        return False
+    return cum[-2][1] < q * cum[-1][1]
+
+
+def quantile_ms(q: float, buckets: tuple[tuple[float, int], ...]) -> float | None:
+    """``quantile`` of per-bucket counts (seconds), in ms rounded to the microsecond; None when empty."""
+    if not buckets:
+        return None
+    value = quantile(q, cumulative(buckets))
+    return None if value is None else round(value * 1000.0, 6)
 
 
 def window(before: MetricsSnapshot | None, after: MetricsSnapshot) -> WindowStats:
@@ -206,13 +293,19 @@ def window(before: MetricsSnapshot | None, after: MetricsSnapshot) -> WindowStat
     if deltas and not any(math.isinf(le) for le, _n in deltas):
         # No +Inf bucket in the text: the count is the total, anything above the last bound is beyond it.
         deltas.append((math.inf, after.client_count - before.client_count))
-    p99 = p99_from_buckets(deltas)
+    per_bucket: list[tuple[float, int]] = []
+    below = 0.0
+    for le, cum in sorted(deltas):
+        per_bucket.append((le, max(0, round(cum - below))))
+        below = max(below, cum)
+    buckets = tuple(per_bucket) if below > 0 else ()
     client_requests = int(after.client_count - before.client_count)
     return WindowStats(
         requests=requests,
         errors=errors,
         error_rate=(errors / requests) if requests > 0 else None,
-        p99_ms=p99,
+        p99_ms=quantile_ms(0.99, buckets),
         client_requests=client_requests,
         restarted=restarted,
+        buckets=buckets,
     )

@@ -10,9 +10,14 @@ import pytest
 from ansible_collections.exchangeops.patching.plugins.module_utils._metrics import (
     MetricsError,
     MetricsSnapshot,
+    buckets_as_dict,
+    buckets_from_dict,
+    cumulative,
+    in_inf_bucket,
     is_client_route,
-    p99_from_buckets,
     parse,
+    quantile,
+    quantile_ms,
     snapshot,
     window,
 )
@@ -171,10 +176,11 @@ def test_fresh_node_without_traffic_has_no_data() -> None:
     snap = snapshot(render({}, []))
     assert snap == MetricsSnapshot(0.0, 0.0, [], 0.0)
     stats = window(snap, snap)
-    assert (stats.requests, stats.errors, stats.error_rate, stats.p99_ms) == (0, 0, None, None)
+    assert (stats.requests, stats.errors, stats.error_rate, stats.p99_ms, stats.buckets) == (0, 0, None, None, ())
+    assert stats.p99_beyond is False
 
 
-def test_window_deltas_error_rate_and_p99() -> None:
+def test_window_deltas_error_rate_and_interpolated_p99() -> None:
     before = snapshot(render({(ORDERS, "POST", 200): 100}, [0.002] * 100))
     # 200 more requests: 196 fast, 4 slow (0.2 s); 2 of them 5xx.
     after = snapshot(render({(ORDERS, "POST", 200): 298, (ORDERS, "POST", 500): 2},
@@ -182,9 +188,12 @@ def test_window_deltas_error_rate_and_p99() -> None:
     stats = window(before, after)
     assert (stats.requests, stats.errors, stats.client_requests, stats.restarted) == (200, 2, 200, False)
     assert stats.error_rate == pytest.approx(0.01)
-    # rank ceil(0.99 * 200) = 198 > 196 fast ones: the 99th percentile is in the 0.25 s bucket.
-    assert stats.p99_ms == 250.0
-    # Only 2 slow out of 200: rank 198 <= 198 fast ones, so p99 stays in the 2.5 ms bucket.
+    # rank 0.99 * 200 = 198 lies in the (0.1, 0.25] bucket, 2 of its 4 requests in: 100 + 150 * 2/4 ms.
+    assert stats.p99_ms == 175.0
+    # the window keeps its per-bucket counts (not cumulative), the +Inf bucket last
+    assert dict(stats.buckets) == {**dict.fromkeys(BUCKETS, 0), 0.0025: 196, 0.25: 4, math.inf: 0}
+    assert sum(n for _le, n in stats.buckets) == 200 and stats.buckets[-1][0] == math.inf
+    # Only 2 slow out of 200: rank 198 is the last of the 198 fast ones, the top of the (1, 2.5] ms bucket.
     after = snapshot(render({(ORDERS, "POST", 200): 300}, [0.002] * 298 + [0.2] * 2))
     assert window(before, after).p99_ms == 2.5
 
@@ -194,25 +203,72 @@ def test_window_after_a_restart_uses_after_alone() -> None:
     after = snapshot(render({(ORDERS, "POST", 200): 40}, [0.3] * 40))
     stats = window(before, after)
     assert stats.restarted is True
-    assert (stats.requests, stats.client_requests, stats.p99_ms) == (40, 40, 500.0)
+    # rank 39.6 of 40 in the (0.25, 0.5] bucket: 250 + 250 * 39.6/40 ms
+    assert (stats.requests, stats.client_requests, stats.p99_ms) == (40, 40, 497.5)
     assert window(None, after) == window(MetricsSnapshot(0.0, 0.0, [], 0.0), after)
 
 
-def test_p99_beyond_the_largest_bucket() -> None:
+def test_p99_beyond_the_largest_bucket_is_that_bound_and_flagged() -> None:
     stats = window(None, snapshot(render({(ORDERS, "POST", 200): 10}, [3.0] * 10)))
-    assert stats.p99_ms == math.inf
-    assert stats.as_dict()["p99_ms"] == "+Inf"
-    assert window(None, snapshot(CAPTURED)).as_dict() == {
-        "requests": 7, "errors": 0, "error_rate": 0.0, "p99_ms": 1.0, "client_requests": 7, "restarted": False}
+    assert stats.p99_ms == 2500.0 and stats.p99_beyond is True
+    doc = stats.as_dict()
+    assert doc["p99_ms"] == 2500.0 and doc["p99_beyond"] is True and doc["buckets"]["+Inf"] == 10
+    captured = window(None, snapshot(CAPTURED)).as_dict()
+    assert captured["buckets"]["0.001"] == 7 and sum(captured["buckets"].values()) == 7
+    del captured["buckets"]
+    # 7 requests in the lowest bucket (0, 1 ms]: rank 6.93 of 7
+    assert captured == {"requests": 7, "errors": 0, "error_rate": 0.0, "p99_ms": 0.99, "p99_beyond": False,
+                        "client_requests": 7, "restarted": False}
 
 
-def test_p99_from_buckets_edges() -> None:
-    assert p99_from_buckets([]) is None
-    assert p99_from_buckets([(0.01, 0.0), (math.inf, 0.0)]) is None
-    assert p99_from_buckets([(0.01, 1.0), (math.inf, 1.0)]) == 10.0
-    # Without a +Inf bucket, requests above the last bound are beyond it.
-    assert p99_from_buckets([(0.01, 1.0), (0.1, 5.0)]) == 100.0
+# Worked examples of histogram_quantile's documented rules (cumulative counts, bounds in seconds).
+PROM = [(0.1, 50.0), (0.2, 80.0), (0.5, 95.0), (1.0, 100.0), (math.inf, 100.0)]
+
+
+@pytest.mark.parametrize(("q", "expected"), [
+    (0.5, 0.1),  # rank 50 is the last of the lowest bucket: its upper bound
+    (0.25, 0.05),  # lowest bucket starts at 0: 0 + 0.1 * 25/50
+    (0.9, 0.4),  # 0.2 + 0.3 * (90 - 80)/15
+    (0.99, 0.9),  # 0.5 + 0.5 * (99 - 95)/5
+    (1.0, 1.0),
+])
+def test_quantile_interpolates_as_histogram_quantile(q: float, expected: float) -> None:
+    assert quantile(q, PROM) == pytest.approx(expected)
+
+
+def test_quantile_edges() -> None:
+    # in the +Inf bucket: the upper bound of the highest finite bucket
+    assert quantile(0.5, [(0.1, 1.0), (math.inf, 10.0)]) == 0.1
+    assert in_inf_bucket(0.5, ((0.1, 1), (math.inf, 9))) and not in_inf_bucket(0.05, ((0.1, 1), (math.inf, 9)))
+    # a lowest bucket with an upper bound <= 0 returns that bound (no lower bound to interpolate from)
+    assert quantile(0.2, [(0.0, 5.0), (1.0, 10.0), (math.inf, 10.0)]) == 0.0
+    assert quantile(0.2, [(-1.0, 5.0), (1.0, 10.0), (math.inf, 10.0)]) == -1.0
+    # empty histogram: no quantile (Prometheus: NaN)
+    assert quantile(0.99, [(0.01, 0.0), (math.inf, 0.0)]) is None
+    assert quantile_ms(0.99, ()) is None
+    # unsorted input and a count that dips (scrape skew) are tolerated, as Prometheus does
+    assert quantile(0.9, [(0.5, 95.0), (math.inf, 100.0), (0.1, 50.0), (0.2, 80.0), (1.0, 100.0)]) == \
+        pytest.approx(0.4)
+    assert quantile(0.5, [(0.1, 60.0), (0.2, 50.0), (math.inf, 100.0)]) == pytest.approx(0.1 * 50 / 60)
+    with pytest.raises(ValueError, match=r"\+Inf bucket"):
+        quantile(0.5, [(0.01, 1.0), (0.1, 5.0)])
+    with pytest.raises(ValueError, match=r"within \[0, 1\]"):
+        quantile(1.5, PROM)
     # Histogram without +Inf in the text: window() adds it from the count.
     text = ('exchange_request_duration_seconds_bucket{kind="client",le="0.01"} 1\n'
             'exchange_request_duration_seconds_count{kind="client"} 100\n')
-    assert window(None, snapshot(text)).p99_ms == math.inf
+    stats = window(None, snapshot(text))
+    assert stats.p99_ms == 10.0 and stats.p99_beyond is True
+
+
+def test_buckets_round_trip_through_json() -> None:
+    per_bucket = ((0.001, 2), (0.025, 7), (math.inf, 1))
+    doc = buckets_as_dict(per_bucket)
+    assert doc == {"0.001": 2, "0.025": 7, "+Inf": 1}
+    assert buckets_from_dict(doc) == per_bucket
+    assert buckets_from_dict({"0.025": 7, "0.001": 2}) == ((0.001, 2), (0.025, 7), (math.inf, 0))
+    assert cumulative(per_bucket) == [(0.001, 2), (0.025, 9), (math.inf, 10)]
+    with pytest.raises(MetricsError, match="is not a number"):
+        buckets_from_dict({"fast": 1})
+    with pytest.raises(MetricsError, match="whole number >= 0"):
+        buckets_from_dict({"0.1": -1})
