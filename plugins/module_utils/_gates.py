@@ -4,9 +4,11 @@
 """The health gate after every patched node: pure evaluation of what was read from the nodes.
 
 ``evaluate`` turns a node's status, its peer's status, the ledger reconcile answer, a metrics
-window and the pre-rollout baseline into one ``GateResult`` per check, each with evidence a
-person can act on. Anything missing (a node that did not answer, a field the status lacks,
-a window without traffic) fails its check: missing data is never read as healthy.
+window and a reference (an unpatched control node's window over the same interval, or the
+pre-rollout baseline) into one ``GateResult`` per check, each with an outcome (passed, failed,
+inconclusive) and evidence a person can act on. Anything missing (a node that did not answer, a
+field the status lacks) fails its check: missing data is never read as healthy. Too little
+client traffic to judge makes a traffic check inconclusive, never passed (see ``_judge``).
 
 Checks:
 
@@ -21,15 +23,15 @@ Checks:
   synchronously then passes at any order rate; one that really lags still fails.
 * ``state_hash``: the node's state hash at sequence N equals its unpatched peer's at the same
   N, where N = min(node seq, peer seq) (``state_hash_seq``); the caller fetches both hashes.
-* ``error_rate``: the window's client error rate is at most the baseline's plus
-  ``max_error_rate_increase``.
-* ``p99``: the window's client p99 is at most ``max(baseline p99 * p99_factor, baseline p99 +
-  p99_slack_ms)``.
+* ``error_rate``: fails when the window's client error rate is above the reference's plus
+  ``max_error_rate_increase`` AND significantly so (``_judge.judge_errors``).
+* ``p99``: fails when the window's interpolated client p99 is above ``max(reference p99 *
+  p99_factor, reference p99 + p99_slack_ms)`` AND the latencies are significantly worse
+  (``_judge.judge_latency``).
 * ``ledger``: the wallet's ledger reconciles (``balanced``).
 
-No data in the window (no client requests) passes ``error_rate`` and ``p99`` only when the
-baseline had no client traffic either (a standby, an idle market); otherwise it fails. A
-baseline without data counts as 0 for the bound, which makes the bound stricter, never laxer.
+Fewer than ``min_requests`` client requests on either side makes ``error_rate`` and ``p99``
+inconclusive; no client requests on both sides (a standby, an idle market) passes them.
 """
 
 from __future__ import annotations
@@ -39,7 +41,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ansible_collections.exchangeops.patching.plugins.module_utils._metrics import WindowStats
+from ansible_collections.exchangeops.patching.plugins.module_utils import _judge
+from ansible_collections.exchangeops.patching.plugins.module_utils._metrics import (
+    MetricsError,
+    WindowStats,
+    buckets_as_dict,
+    buckets_from_dict,
+)
+
+Reference = _judge.Reference
 
 CHECKS = ("ready", "version", "caught_up", "state_hash", "error_rate", "p99", "ledger")
 DEFAULT_CHECKS = {
@@ -47,7 +57,7 @@ DEFAULT_CHECKS = {
     "wallet-signer": ("ready", "version", "error_rate", "p99", "ledger"),
 }
 PEER_CHECKS = ("caught_up", "state_hash")  # need the peer's status
-METRICS_CHECKS = ("error_rate", "p99")  # need a metrics window and a baseline
+METRICS_CHECKS = ("error_rate", "p99")  # need a metrics window and a reference (control or baseline)
 
 
 class GateError(ValueError):
@@ -59,9 +69,27 @@ class GateResult:
     name: str
     passed: bool
     evidence: str
+    outcome: str = ""  # passed | failed | inconclusive; "" means what ``passed`` says
+    p_values: dict[str, float] | None = None  # traffic checks judged by a test
+    numbers: dict[str, Any] | None = None
+
+    @property
+    def verdict(self) -> str:
+        return self.outcome or (_judge.PASSED if self.passed else _judge.FAILED)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "evidence": self.evidence}
+        out: dict[str, Any] = {"name": self.name, "passed": self.passed, "outcome": self.verdict,
+                               "evidence": self.evidence}
+        if self.p_values is not None:
+            out["p_values"] = dict(self.p_values)
+        if self.numbers is not None:
+            out["numbers"] = dict(self.numbers)
+        return out
+
+
+def from_verdict(verdict: _judge.Verdict) -> GateResult:
+    return GateResult(verdict.name, verdict.outcome == _judge.PASSED, verdict.evidence, verdict.outcome,
+                      dict(verdict.p_values), dict(verdict.numbers))
 
 
 @dataclass(frozen=True)
@@ -81,9 +109,29 @@ class Baseline:
     error_rate: float | None
     p99_ms: float | None
     requests: int
+    buckets: tuple[tuple[float, int], ...] | None = None  # None: a baseline from before buckets were returned
+    errors: int | None = None  # None: error_rate x requests
 
     def as_dict(self) -> dict[str, Any]:
-        return {"error_rate": self.error_rate, "p99_ms": self.p99_ms, "requests": self.requests}
+        out: dict[str, Any] = {"error_rate": self.error_rate, "p99_ms": self.p99_ms, "requests": self.requests}
+        if self.errors is not None:
+            out["errors"] = self.errors
+        if self.buckets is not None:
+            out["buckets"] = buckets_as_dict(self.buckets)
+        return out
+
+    def sample(self) -> _judge.Sample:
+        errors = self.errors if self.errors is not None else round((self.error_rate or 0.0) * self.requests)
+        buckets = self.buckets
+        if buckets is not None and self.requests > 0 and not any(n for _le, n in buckets):
+            buckets = None  # counts lost on the way: judge on the bound rather than on an empty histogram
+        return _judge.Sample(self.requests, errors, buckets, self.p99_ms)
+
+
+def baseline_reference(baseline: Baseline, note: str = "no control") -> _judge.Reference:
+    """The baseline as the traffic checks' reference; ``note`` says why it is not a control."""
+    return _judge.Reference("baseline", "the pre-rollout baseline", baseline.sample(),
+                            note=f"against the pre-rollout baseline: {note}")
 
 
 @dataclass(frozen=True)
@@ -127,7 +175,11 @@ def bounds_from(raw: Mapping[str, Any] | None) -> Bounds:
 
 
 def baseline_from(raw: Mapping[str, Any] | None) -> Baseline:
-    """A baseline from the module's ``baseline`` option (the ``baseline`` a mode=baseline run returned)."""
+    """A baseline from the module's ``baseline`` option (the ``baseline`` a mode=baseline run returned).
+
+    ``buckets`` and ``errors`` are optional: a baseline taken before they were returned is still
+    accepted, and its latency is then judged on the bound alone.
+    """
     fix = "pass the baseline returned by health_gate mode=baseline"
     if not isinstance(raw, Mapping):
         raise GateError(f"baseline must be a dict with error_rate, p99_ms and requests, got {raw!r}; {fix}")
@@ -137,19 +189,36 @@ def baseline_from(raw: Mapping[str, Any] | None) -> Baseline:
     requests = raw["requests"]
     if isinstance(requests, bool) or not isinstance(requests, int) or requests < 0:
         raise GateError(f"baseline.requests must be a whole number >= 0, got {requests!r}; {fix}")
+    errors = raw.get("errors")
+    if errors is not None and (isinstance(errors, bool) or not isinstance(errors, int)
+                               or not 0 <= errors <= requests):
+        raise GateError(f"baseline.errors must be a whole number from 0 to requests ({requests}), got {errors!r}; "
+                        f"{fix}")
+    buckets = raw.get("buckets")
+    if buckets is not None:
+        if not isinstance(buckets, Mapping):
+            raise GateError(f"baseline.buckets must be a dict of latency bucket bound to count, got {buckets!r}; "
+                            f"{fix}")
+        try:
+            buckets = buckets_from_dict(dict(buckets))
+        except MetricsError as e:
+            raise GateError(f"baseline.buckets: {e}; {fix}") from None
     return Baseline(
         error_rate=_optional(raw["error_rate"], "baseline.error_rate", fix),
         p99_ms=_optional(raw["p99_ms"], "baseline.p99_ms", fix),
         requests=requests,
+        buckets=buckets,
+        errors=errors,
     )
 
 
 def baseline_of(stats: WindowStats) -> Baseline:
     """The baseline a metrics window stands for (GateError when its p99 is beyond the histogram)."""
-    if stats.p99_ms is not None and math.isinf(stats.p99_ms):
+    if stats.p99_beyond:
         raise GateError("the baseline's p99 is beyond the largest latency bucket; the fleet is not healthy "
                         "enough to be a baseline: fix it first, or take the baseline on a healthy node")
-    return Baseline(error_rate=stats.error_rate, p99_ms=stats.p99_ms, requests=stats.requests)
+    return Baseline(error_rate=stats.error_rate, p99_ms=stats.p99_ms, requests=stats.requests,
+                    buckets=stats.buckets, errors=stats.errors)
 
 
 def validate_checks(checks: Iterable[str]) -> list[str]:
@@ -171,32 +240,32 @@ def state_hash_seq(status: Mapping[str, Any] | None, peer_status: Mapping[str, A
 
 def p99_bound(baseline: Baseline, bounds: Bounds) -> float:
     """The highest p99 (ms) a patched node may show: max(baseline × factor, baseline + slack)."""
-    base = baseline.p99_ms or 0.0
-    return max(base * bounds.p99_factor, base + bounds.p99_slack_ms)
+    return _judge.p99_bound_ms(baseline.p99_ms, bounds.p99_factor, bounds.p99_slack_ms)
 
 
 def failing(results: Iterable[GateResult]) -> list[GateResult]:
-    return [r for r in results if not r.passed]
+    return [r for r in results if r.verdict == _judge.FAILED]
 
 
-def summary(results: Iterable[GateResult]) -> str:
-    """One line naming every failing check and its evidence ("" when all passed)."""
-    return "; ".join(f"{r.name}: {r.evidence}" for r in failing(results))
+def inconclusive(results: Iterable[GateResult]) -> list[GateResult]:
+    return [r for r in results if r.verdict == _judge.INCONCLUSIVE]
+
+
+def outcome(results: Iterable[GateResult]) -> str:
+    """failed when any check failed, else inconclusive when any was, else passed."""
+    verdicts = {r.verdict for r in results}
+    for worst in (_judge.FAILED, _judge.INCONCLUSIVE):
+        if worst in verdicts:
+            return worst
+    return _judge.PASSED
+
+
+def summary(results: Iterable[GateResult], which: str = _judge.FAILED) -> str:
+    """One line naming every check with outcome ``which`` and its evidence ("" when none)."""
+    return "; ".join(f"{r.name}: {r.evidence}" for r in results if r.verdict == which)
 
 
 # --------------------------------------------------------------------------- formatting
-
-
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "none"
-    if math.isinf(value):
-        return "+Inf ms"
-    return f"{value:g} ms"
-
-
-def _pct(value: float | None) -> str:
-    return "none" if value is None else f"{value * 100:.2f}%"
 
 
 def _short(digest: Any) -> str:
@@ -292,46 +361,33 @@ def _state_hash(peer: Mapping[str, Any] | None, hashes: StateHashes | None, erro
                       f"!= peer {peer_name} {_short(hashes.peer)}")
 
 
-def _error_rate(stats: WindowStats | None, baseline: Baseline | None, bounds: Bounds,
-                errors: Mapping[str, str]) -> GateResult:
-    if baseline is None:
-        return GateResult("error_rate", False, "no baseline given (take one with health_gate mode=baseline)")
+def _traffic(check: str, stats: WindowStats | None, reference: _judge.Reference | None, bounds: Bounds,
+             settings: _judge.Settings, errors: Mapping[str, str]) -> GateResult:
+    if reference is None:
+        return GateResult(check, False, "no reference given (set control_url, or a baseline from health_gate "
+                          "mode=baseline)")
     if stats is None:
-        return GateResult("error_rate", False, _no_data("metrics", errors))
-    base = baseline.error_rate or 0.0
-    bound = base + bounds.max_error_rate_increase
-    if stats.error_rate is None:
-        if baseline.requests == 0:
-            return GateResult("error_rate", True, "no client requests in the window, none in the baseline either")
-        return GateResult("error_rate", False, f"no client requests in the window (the baseline had "
-                          f"{baseline.requests}): no data to judge; send traffic or gate longer")
-    verdict = "<=" if stats.error_rate <= bound else ">"
-    return GateResult(
-        "error_rate", stats.error_rate <= bound,
-        f"error rate {_pct(stats.error_rate)} ({stats.errors}/{stats.requests}) {verdict} bound {_pct(bound)} "
-        f"(baseline {_pct(baseline.error_rate)} + {_pct(bounds.max_error_rate_increase)})",
-    )
-
-
-def _p99(stats: WindowStats | None, baseline: Baseline | None, bounds: Bounds,
-         errors: Mapping[str, str]) -> GateResult:
-    if baseline is None:
-        return GateResult("p99", False, "no baseline given (take one with health_gate mode=baseline)")
-    if stats is None:
-        return GateResult("p99", False, _no_data("metrics", errors))
-    if stats.p99_ms is None:
-        if baseline.p99_ms is None:
-            return GateResult("p99", True, "no client requests in the window, none in the baseline either")
-        return GateResult("p99", False, f"no client requests in the window (baseline p99 {_ms(baseline.p99_ms)}): "
-                          "no data to judge; send traffic or gate longer")
-    bound = p99_bound(baseline, bounds)
-    verdict = "<=" if stats.p99_ms <= bound else ">"
-    base = _ms(baseline.p99_ms if baseline.p99_ms is not None else 0.0)
-    return GateResult(
-        "p99", stats.p99_ms <= bound,
-        f"p99 {_ms(stats.p99_ms)} {verdict} bound {_ms(bound)} (max of baseline {base} × {bounds.p99_factor:g} "
-        f"and baseline {base} + {bounds.p99_slack_ms:g} ms; {stats.client_requests} client requests)",
-    )
+        return GateResult(check, False, _no_data("metrics", errors))
+    if reference.sample is None:
+        why = f" ({reference.why_missing})" if reference.why_missing else ""
+        return GateResult(check, False, f"no metrics from {reference.label}{why}: nothing to compare the node "
+                          "with", _judge.INCONCLUSIVE)
+    if not _judge.HAS_SCIPY:
+        return GateResult(check, False, "scipy is not installed on the controller: the traffic tests cannot run")
+    node = _judge.sample_of(stats)
+    if check == "error_rate":
+        verdict = _judge.judge_errors(node, reference.sample, reference.label, settings,
+                                      bounds.max_error_rate_increase)
+    else:
+        verdict = _judge.judge_latency(node, reference.sample, reference.label, settings, bounds.p99_factor,
+                                       bounds.p99_slack_ms)
+    notes = [reference.note] if reference.note else []
+    if stats.restarted:
+        notes.append("the node restarted within the window: counted since the restart")
+    if notes:
+        verdict = _judge.Verdict(verdict.name, verdict.outcome, f"{verdict.evidence}; {'; '.join(notes)}",
+                                 verdict.p_values, verdict.numbers)
+    return from_verdict(verdict)
 
 
 def _ledger(reconcile: Mapping[str, Any] | None, errors: Mapping[str, str]) -> GateResult:
@@ -363,9 +419,10 @@ def evaluate(
     peer_status: Mapping[str, Any] | None,
     reconcile: Mapping[str, Any] | None,
     window: WindowStats | None,
-    baseline: Baseline | None,
+    reference: _judge.Reference | None,
     bounds: Bounds,
     *,
+    settings: _judge.Settings | None = None,
     expect_version: str | None = None,
     hashes: StateHashes | None = None,
     errors: Mapping[str, str] | None = None,
@@ -375,9 +432,11 @@ def evaluate(
 
     ``None`` for any input means it could not be read; ``errors`` maps the source
     (``status``, ``peer_status``, ``reconcile``, ``metrics``, ``state_hash``, ``peer_state_hash``)
-    to why, for the evidence. Raises GateError on an unknown check name.
+    to why, for the evidence. ``reference`` is what the traffic checks compare ``window`` with;
+    ``settings`` their alpha and minimum sample. Raises GateError on an unknown check name.
     """
     errors = errors or {}
+    settings = settings or _judge.Settings()
     results = []
     for check in validate_checks(checks):
         if check == "ready":
@@ -388,10 +447,8 @@ def evaluate(
             results.append(_caught_up(status, peer_status, bounds, errors, status_after))
         elif check == "state_hash":
             results.append(_state_hash(peer_status, hashes, errors))
-        elif check == "error_rate":
-            results.append(_error_rate(window, baseline, bounds, errors))
-        elif check == "p99":
-            results.append(_p99(window, baseline, bounds, errors))
+        elif check in METRICS_CHECKS:
+            results.append(_traffic(check, window, reference, bounds, settings, errors))
         else:
             results.append(_ledger(reconcile, errors))
     return results
