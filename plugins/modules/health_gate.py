@@ -509,6 +509,7 @@ class Gate:
         self.first: tuple[_metrics.MetricsSnapshot, _metrics.MetricsSnapshot | None] | None = None
         self.last: tuple[_metrics.MetricsSnapshot, _metrics.MetricsSnapshot | None] | None = None
         self.metrics_errors: dict[str, str] = {}
+        self.reads = 0  # polls where every /metrics read succeeded: a window needs two
         self.window: _metrics.WindowStats | None = None
         self.control_window: _metrics.WindowStats | None = None
         self.judged: dict[str, _gates.GateResult] = {}  # traffic verdicts, final once a test ran
@@ -587,6 +588,7 @@ class Gate:
         if self.metrics_errors:
             return
         pair = (node_snap, control_snap)
+        self.reads += 1
         if self.first is None:
             self.first = pair  # the windows start at the first poll where every read succeeded
         self.last = pair
@@ -607,11 +609,16 @@ class Gate:
     def judge_traffic(self) -> list[_gates.GateResult]:
         """The traffic checks on the window so far; a verdict from a test is final (one look per check)."""
         pending = [c for c in self.traffic_checks if c not in self.judged]
-        window = None if "metrics" in self.metrics_errors else self.window
-        if window is None and "metrics" not in self.metrics_errors:
-            window = _metrics.window(None, _metrics.MetricsSnapshot(0.0, 0.0, [], 0.0))  # nothing read yet
-        results = _gates.evaluate(pending, None, None, None, window, self.reference(), self.bounds,
-                                  settings=self.settings, errors=self.metrics_errors)
+        if self.reads < 2 and not self.metrics_errors:
+            # one read is a window of no time: "no traffic in either" must not pass on it
+            results = [_gates.GateResult(c, False, "the metrics window has not begun (one /metrics read so far)",
+                                         _judge.INCONCLUSIVE) for c in pending]
+        else:
+            window = None if "metrics" in self.metrics_errors else self.window
+            if window is None and "metrics" not in self.metrics_errors:
+                window = _metrics.window(None, _metrics.MetricsSnapshot(0.0, 0.0, [], 0.0))  # nothing read yet
+            results = _gates.evaluate(pending, None, None, None, window, self.reference(), self.bounds,
+                                      settings=self.settings, errors=self.metrics_errors)
         for r in results:
             if r.p_values is not None and r.verdict != _judge.INCONCLUSIVE:
                 self.judged[r.name] = r
