@@ -258,7 +258,10 @@ def test_good_release_passes_every_gate_through_a_switchover(
     assert not base_a.get("failed") and not base_b.get("failed"), (base_a, base_b)
     assert base_a["changed"] is False and base_a["baseline"]["requests"] > 20
     assert base_a["baseline"]["p99_ms"] is not None and base_a["baseline"]["error_rate"] == 0.0
-    assert base_b["baseline"] == {"error_rate": None, "p99_ms": None, "requests": 0}
+    # the baseline keeps its latency histogram, per bucket, for the gates' distribution tests
+    assert sum(base_a["baseline"]["buckets"].values()) == base_a["window"]["client_requests"] > 20
+    assert "+Inf" in base_a["baseline"]["buckets"] and base_a["baseline"]["errors"] == 0
+    assert base_b["baseline"] == {"error_rate": None, "p99_ms": None, "requests": 0, "errors": 0, "buckets": {}}
     assert "no client requests" in " ".join(base_b.get("warnings", []))
 
     restart_on(b, "1.1.0")  # the standby first
@@ -275,13 +278,18 @@ def test_good_release_passes_every_gate_through_a_switchover(
     standby_gate, down, down_again, up, up_again, primary_gate = results
     for r in (standby_gate, primary_gate):
         assert not r.get("failed"), r.get("msg")
-        assert r["passed"] is True and r["changed"] is False
+        assert r["passed"] is True and r["changed"] is False and r["outcome"] == "passed"
         assert [g["name"] for g in r["gates"]] == ["ready", "version", "caught_up", "state_hash", "error_rate", "p99"]
-        assert all(g["passed"] for g in r["gates"]) and r["elapsed"] >= 1.0
-    assert gates_of(standby_gate)["p99"]["evidence"] == "no client requests in the window, none in the baseline either"
+        assert all(g["passed"] and g["outcome"] == "passed" for g in r["gates"]) and r["elapsed"] >= 1.0
+        assert r["reference"] == {"kind": "baseline", "url": None} and r["inconclusive"] == []
+    assert gates_of(standby_gate)["p99"]["evidence"] == ("no client traffic in either the window or the pre-rollout "
+                                                         "baseline; against the pre-rollout baseline: no control")
     evidence = gates_of(primary_gate)
     assert evidence["state_hash"]["evidence"].endswith("equals peer me-a's")
-    assert primary_gate["window"]["requests"] > 0 and evidence["p99"]["evidence"].startswith("p99 ")
+    # judged on at least the minimum sample, with the tests' p-values
+    assert primary_gate["window"]["requests"] >= 50 and evidence["p99"]["evidence"].startswith("p99 ")
+    assert set(evidence["p99"]["p_values"]) == {"mann_whitney", "tail_fisher"}
+    assert evidence["p99"]["evidence"].endswith("against the pre-rollout baseline: no control")
 
     assert (down["changed"], down["before"]["ha_role"], down["after"]["ha_role"]) == (True, "primary", "standby")
     assert (down_again["changed"], down_again["after"]["ha_role"]) == (False, "standby")
@@ -344,7 +352,9 @@ def test_never_ready_stopped_and_refused_nodes_fail(tmp_path: Path, nodes: list[
     assert never_ready["failed"] is True and never_ready["passed"] is False
     assert "ready did not pass" in never_ready["msg"] and "at the 2 s timeout" in never_ready["msg"]
     g = gates_of(never_ready)
-    assert g["ready"] == {"name": "ready", "passed": False, "evidence": "not ready: release fault: never-ready"}
+    assert g["ready"] == {"name": "ready", "passed": False, "outcome": "failed",
+                          "evidence": "not ready: release fault: never-ready"}
+    assert never_ready["outcome"] == "failed"
     assert g["version"]["passed"] is True and never_ready["polls"] >= 2
 
     assert stopped["failed"] is True
@@ -358,34 +368,114 @@ def test_never_ready_stopped_and_refused_nodes_fail(tmp_path: Path, nodes: list[
     assert wrong_component["failed"] and "is a matching-engine node, not wallet-signer" in wrong_component["msg"]
     assert incomplete["failed"]
     for need in ("version needs expect_version", "caught_up, state_hash need peer_url",
-                 "error_rate, p99 need baseline"):
+                 "error_rate, p99 need control_url (an unpatched node serving the same traffic) or baseline"):
         assert need in incomplete["msg"]
 
     assert baked["failed"] is True and "during the 60 s bake" in baked["msg"] and baked["elapsed"] < 30
     assert "unreachable" in gates_of(baked)["ready"]["evidence"]
 
 
-def test_latency_release_fails_p99_against_the_baseline(tmp_path: Path, nodes: list[NodeProc],
-                                                        traffic: Callable[..., Traffic]) -> None:
+def stop_after_status_reads(node: NodeProc, reads: int, load: Traffic, timeout: float = 60.0) -> None:
+    """Stop the client traffic once ``node``'s /v1/status was read ``reads`` times (by a gate)."""
+    route = 'exchange_requests_total{route="/v1/status",method="GET",code="200"} '
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, text = node.admin("GET", "/metrics")
+        line = next((x for x in text.splitlines() if x.startswith(route)), None) if code == 200 else None
+        if line is not None and int(line.rsplit(" ", 1)[1]) >= reads:
+            load.stop()
+            return
+        time.sleep(0.02)
+
+
+TRAFFIC_CHECKS = ["ready", "version", "error_rate", "p99"]
+
+
+def test_latency_release_fails_p99_against_a_control_and_against_the_baseline(
+        tmp_path: Path, nodes: list[NodeProc], traffic: Callable[..., Traffic]) -> None:
     node = single(tmp_path, nodes, "me-lat")
+    control = single(tmp_path, nodes, "me-ctl")
     load = traffic([node])
-    play = Play(tmp_path, {"n": node})
+    control_load = traffic([control])
+    play = Play(tmp_path, {"n": node, "c": control})
     wait_for(lambda: load.ok >= 20, "client traffic")
     [base] = play.run([gate("n", component="matching-engine", mode="baseline", sample=2)])
     assert not base.get("failed"), base.get("msg")
     assert base["baseline"]["p99_ms"] < 150
 
     restart_on(node, "1.1.0", "latency", {"latency_ms": 400})
-    [slow] = play.run([gate("n", component="matching-engine", checks=["ready", "version", "error_rate", "p99"],
-                            expect_version="1.1.0", baseline=base["baseline"], timeout=4)])
-    assert slow["failed"] is True and "p99 did not pass" in slow["msg"]
-    g = gates_of(slow)
-    assert [name for name, r in g.items() if not r["passed"]] == ["p99"]
-    # +400 ms is above any bound a baseline under 150 ms allows (max(2 x 150, 150 + 100) = 300 ms),
-    # even when a busy machine puts the baseline in a higher bucket
-    evidence = re.match(r"p99 ([\d.]+) ms > bound ([\d.]+) ms", g["p99"]["evidence"])  # 2.5 ms buckets exist
-    assert evidence and float(evidence.group(1)) >= 400 > float(evidence.group(2)), g["p99"]["evidence"]
-    assert slow["window"]["p99_ms"] >= 400.0 and slow["window"]["requests"] > 0
+    # A slow node serves ~2 orders/s from the one traffic thread: 20 requests is the minimum sample here.
+    slow, slow_vs_baseline = play.run([
+        gate("n", component="matching-engine", checks=TRAFFIC_CHECKS, expect_version="1.1.0", timeout=10,
+             min_requests=20, control_url="{{ c_url }}", control_token="{{ c_token }}", baseline=base["baseline"]),
+        gate("n", component="matching-engine", checks=TRAFFIC_CHECKS, expect_version="1.1.0", timeout=10,
+             min_requests=20, baseline=base["baseline"]),
+    ])
+    assert control_load.ok > 0
+    for r in (slow, slow_vs_baseline):
+        assert r.get("failed") is True and r["outcome"] == "failed", json.dumps(r)[:3000]
+        assert "p99 did not pass" in r["msg"]
+        g = gates_of(r)
+        assert [name for name, x in g.items() if x["outcome"] != "passed"] == ["p99"]
+        assert g["p99"]["outcome"] == "failed" and g["p99"]["passed"] is False
+        # every request 400 ms slower: the interpolated p99 is above 400 ms and above the bound, and significant
+        evidence = re.match(r"p99 ([\d.]+) ms vs (.+?) ([\d.]+) ms \(bound ([\d.]+) ms", g["p99"]["evidence"])
+        assert evidence and float(evidence.group(1)) >= 400 > float(evidence.group(4)), g["p99"]["evidence"]
+        assert g["p99"]["p_values"]["mann_whitney"] < 0.005
+        assert r["window"]["p99_ms"] >= 400.0 and r["window"]["client_requests"] >= 20
+    assert slow["reference"] == {"kind": "control", "url": control.url}
+    assert gates_of(slow)["p99"]["evidence"].split(" vs ")[1].startswith("control me-ctl ")
+    # the control's window spans the same polls and carries its own interpolated p99
+    assert slow["control_window"]["client_requests"] >= 20 and slow["control_window"]["p99_ms"] < 150
+    assert slow_vs_baseline["reference"]["kind"] == "baseline" and slow_vs_baseline.get("control_window") is None
+    assert "against the pre-rollout baseline: no control" in gates_of(slow_vs_baseline)["p99"]["evidence"]
+
+
+def test_healthy_node_passes_against_a_healthy_control(tmp_path: Path, nodes: list[NodeProc],
+                                                       traffic: Callable[..., Traffic]) -> None:
+    node = single(tmp_path, nodes, "me-new")
+    control = single(tmp_path, nodes, "me-ctl")
+    traffic([node])
+    traffic([control])
+    play = Play(tmp_path, {"n": node, "c": control})
+    restart_on(node, "1.1.0")
+    wait_for(lambda: status(node)["ready"], "the patched node ready")
+    [ok] = play.run([gate("n", component="matching-engine", checks=TRAFFIC_CHECKS, expect_version="1.1.0",
+                          control_url="{{ c_url }}", control_token="{{ c_token }}", bake=1, timeout=20)])
+    assert not ok.get("failed"), ok.get("msg")
+    assert (ok["outcome"], ok["passed"], ok["changed"], ok["inconclusive"]) == ("passed", True, False, [])
+    assert ok["reference"] == {"kind": "control", "url": control.url}
+    assert ok["window"]["client_requests"] >= 50 and ok["control_window"]["client_requests"] >= 50
+    g = gates_of(ok)
+    assert g["p99"]["outcome"] == "passed" and " vs control me-ctl " in g["p99"]["evidence"]
+    assert g["error_rate"]["evidence"].startswith("error rate 0.00% (0/")
+    assert "no control" not in g["p99"]["evidence"]
+
+
+def test_traffic_stopped_mid_gate_is_inconclusive_not_passed(tmp_path: Path, nodes: list[NodeProc],
+                                                             traffic: Callable[..., Traffic]) -> None:
+    node = single(tmp_path, nodes, "me-quiet")
+    load = traffic([node])
+    play = Play(tmp_path, {"n": node})
+    wait_for(lambda: load.ok >= 20, "client traffic")
+    [base] = play.run([gate("n", component="matching-engine", mode="baseline", sample=2)])
+    assert not base.get("failed") and base["baseline"]["requests"] >= 50, base
+    stopper = threading.Thread(target=stop_after_status_reads, args=(node, 1, load), daemon=True)
+    stopper.start()
+    [quiet] = play.run([gate("n", component="matching-engine", checks=TRAFFIC_CHECKS, expect_version="1.0.0",
+                             baseline=base["baseline"], bake=1, evidence_timeout=2)])
+    stopper.join(timeout=5)
+    assert not quiet.get("failed"), quiet.get("msg")
+    assert (quiet["outcome"], quiet["passed"], quiet["changed"]) == ("inconclusive", False, False)
+    assert quiet["inconclusive"] == ["error_rate", "p99"]
+    g = gates_of(quiet)
+    assert g["ready"]["outcome"] == "passed" and g["version"]["outcome"] == "passed"
+    for check in ("error_rate", "p99"):
+        assert (g[check]["outcome"], g[check]["passed"]) == ("inconclusive", False)
+        assert "client requests, fewer than min_requests 50" in g[check]["evidence"]
+    assert quiet["window"]["requests"] < 50
+    assert "health gate inconclusive: error_rate, p99 could not be judged" in quiet["msg"]
+    assert any("inconclusive" in w for w in quiet.get("warnings", []))
 
 
 def test_state_divergence_standby_fails_state_hash_while_orders_flow(tmp_path: Path, nodes: list[NodeProc],
@@ -438,8 +528,9 @@ def test_wallet_ledger_gate_and_withdrawal_actions(tmp_path: Path, nodes: list[N
     assert step_down["failed"] and "action step_down is for matching-engine nodes" in step_down["msg"]
 
     assert not ok.get("failed") and gates_of(ok)["ledger"] == {
-        "name": "ledger", "passed": True, "evidence": "ledger balanced on BTC, ETH"}
-    assert mismatch["failed"] is True and "ledger did not pass" in mismatch["msg"]
+        "name": "ledger", "passed": True, "outcome": "passed", "evidence": "ledger balanced on BTC, ETH"}
+    assert ok["outcome"] == "passed"
+    assert mismatch["failed"] is True and "ledger did not pass" in mismatch["msg"] and mismatch["outcome"] == "failed"
     g = gates_of(mismatch)
     assert g["ready"]["passed"] and not g["ledger"]["passed"]
     assert g["ledger"]["evidence"].startswith("ledger unbalanced: BTC: ledger ")
