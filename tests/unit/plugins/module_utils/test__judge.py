@@ -57,7 +57,7 @@ def failure_rate(n: int, regress, seed: int) -> tuple[float, float]:
     """(share of trials failed, share where a test alone was significant) for node vs reference of n each."""
     rng = np.random.default_rng(seed)
     failed = significant = 0
-    for _ in range(TRIALS):
+    for _trial in range(TRIALS):
         reference, node = healthy(rng, n), regress(rng, healthy(rng, n))
         verdict = judge_latency(sample(node), sample(reference), "control", SETTINGS, FACTOR, SLACK_MS)
         assert verdict.outcome in (PASSED, FAILED)
@@ -149,7 +149,7 @@ def test_error_rate_test() -> None:
     for n in (50, 200, 1000, 5000):
         fails = sum(judge_errors(Sample(n, int(rng.binomial(n, 0.005)), None),
                                  Sample(n, int(rng.binomial(n, 0.005)), None), "c", SETTINGS, 0.01).outcome == FAILED
-                    for _ in range(TRIALS))
+                    for _trial in range(TRIALS))
         print(f"error_rate healthy n={n}: failed {fails / TRIALS:.3f}")
         assert fails / TRIALS <= SETTINGS.alpha
 
