@@ -57,6 +57,8 @@ description:
   - Runs on the controller (the admin API is HTTP); delegate it to C(localhost).
 author:
   - exchangeops engineering (@exchangeops)
+requirements:
+  - scipy (on the controller, for the C(error_rate) and C(p99) checks in O(mode=gate))
 extends_documentation_fragment:
   - exchangeops.patching.admin_api
 attributes:
