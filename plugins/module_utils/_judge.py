@@ -53,9 +53,12 @@ class JudgeError(ValueError):
 class Settings:
     alpha: float = 0.01
     min_requests: int = 50
+    # client requests the pre-rollout baseline saw (0 or None: none, or no baseline): when it saw
+    # traffic, a window with none on either side means traffic stopped, not an idle market
+    expected_requests: int | None = None
 
 
-def settings_from(alpha: Any, min_requests: Any) -> Settings:
+def settings_from(alpha: Any, min_requests: Any, expected_requests: int | None = None) -> Settings:
     """Settings from the module's options; JudgeError naming the option and the fix."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha <= 0.5:
         raise JudgeError(f"alpha must be within (0, 0.5], got {alpha!r}; it is the false-positive rate of each "
@@ -63,7 +66,7 @@ def settings_from(alpha: Any, min_requests: Any) -> Settings:
     if isinstance(min_requests, bool) or not isinstance(min_requests, int) or min_requests < 1:
         raise JudgeError(f"min_requests must be a whole number >= 1, got {min_requests!r}; use e.g. 50 (fewer "
                          "requests give a test too little evidence to tell a regression from noise)")
-    return Settings(float(alpha), min_requests)
+    return Settings(float(alpha), min_requests, expected_requests)
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,11 @@ def _sample_check(name: str, node_n: int, ref_n: int, ref_label: str, settings: 
     """PASSED when neither side had traffic, INCONCLUSIVE below the minimum sample, else None (judge it)."""
     numbers = {"node_requests": node_n, "reference_requests": ref_n, "min_requests": settings.min_requests}
     if node_n == 0 and ref_n == 0:
+        if settings.expected_requests:
+            # the market traded before the rollout: a silent window is traffic that stopped, not an idle market
+            return Verdict(name, INCONCLUSIVE, f"no client traffic in either the window or {ref_label}, though the "
+                           f"pre-rollout baseline had {settings.expected_requests}: traffic stopped, nothing to "
+                           "judge; send traffic or gate longer (evidence_timeout)", numbers=numbers)
         return Verdict(name, PASSED, f"no client traffic in either the window or {ref_label}", numbers=numbers)
     short = [f"{who} had {n} {unit}" for who, n in (("the node's window", node_n), (ref_label, ref_n))
              if n < settings.min_requests]

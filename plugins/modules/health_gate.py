@@ -186,6 +186,8 @@ options:
     description:
       - After the bake, how many seconds the gate keeps watching (and checking) for the minimum sample before it
         calls the traffic checks inconclusive.
+      - In O(mode=baseline), how many seconds past O(sample) the baseline keeps sampling a node that had
+        some client requests, but fewer than O(min_requests), so that gates against it can judge.
     type: float
     default: 60
   timeout:
@@ -204,7 +206,9 @@ options:
     type: float
     default: 0
   sample:
-    description: Seconds between the two C(/metrics) snapshots of O(mode=baseline).
+    description:
+      - Seconds between the two C(/metrics) snapshots of O(mode=baseline); longer (up to O(evidence_timeout)
+        more) when the node had client requests, but fewer than O(min_requests).
     type: float
     default: 5
 notes:
@@ -714,6 +718,18 @@ def run_baseline(module: AnsibleModule, gate: Gate) -> None:
         after, err = gate.node.snapshot()
         if after is None:
             module.fail_json(msg=f"cannot take a baseline: {err}; is the node up and the url right?")
+        # a node with some traffic but fewer than min_requests: sample on, up to evidence_timeout more
+        # seconds, so gates against this baseline (the last batch, without a control) can judge
+        deadline = time.monotonic() + p["evidence_timeout"]
+        while time.monotonic() < deadline:
+            stats = _metrics.window(before, after)
+            if stats.restarted or stats.requests == 0 or stats.requests >= p["min_requests"]:
+                break
+            time.sleep(min(p["interval"], max(deadline - time.monotonic(), 0.0)))
+            later, err = gate.node.snapshot()
+            if later is None:
+                break
+            after = later
     except Stop as e:
         module.fail_json(msg=f"cannot take a baseline: {e}")
     stats = _metrics.window(before, after)
@@ -778,7 +794,8 @@ def main() -> None:
         checks = _gates.validate_checks(p["checks"] or _gates.DEFAULT_CHECKS[p["component"]])
         bounds = _gates.bounds_from(p["bounds"])
         baseline = _gates.baseline_from(p["baseline"]) if p["baseline"] is not None else None
-        settings = _judge.settings_from(p["alpha"], p["min_requests"])
+        settings = _judge.settings_from(p["alpha"], p["min_requests"],
+                                        baseline.requests if baseline is not None else None)
     except (_gates.GateError, _judge.JudgeError) as e:
         module.fail_json(msg=str(e))
     if p["mode"] == "gate":

@@ -535,3 +535,22 @@ def test_wallet_ledger_gate_and_withdrawal_actions(tmp_path: Path, nodes: list[N
     assert g["ready"]["passed"] and not g["ledger"]["passed"]
     assert g["ledger"]["evidence"].startswith("ledger unbalanced: BTC: ledger ")
     assert status(good)["withdrawals"] == "running"
+
+
+def test_a_thin_baseline_samples_on_until_the_minimum_and_a_silent_one_does_not(
+        tmp_path: Path, nodes: list[NodeProc], traffic: Callable[..., Traffic]) -> None:
+    # the last batch of a rollout has no control left: its gates judge against the baseline, which
+    # must hold min_requests for them to reach a verdict
+    busy = single(tmp_path, nodes, "me-thin")
+    silent = single(tmp_path, nodes, "me-silent")
+    load = traffic([busy])
+    wait_for(lambda: load.ok >= 5, "client traffic")
+    play = Play(tmp_path, {"b": busy, "s": silent})
+    thin, idle = play.run([
+        gate("b", component="matching-engine", mode="baseline", sample=0.2, min_requests=60, evidence_timeout=20),
+        gate("s", component="matching-engine", mode="baseline", sample=0.2, min_requests=60, evidence_timeout=20)])
+    assert not thin.get("failed"), thin.get("msg")
+    assert thin["baseline"]["requests"] >= 60, thin["baseline"]
+    assert not any("fewer than min_requests" in w for w in thin.get("warnings", []))
+    # a node with no client at all (a standby) is not waited for: its baseline is an idle one
+    assert not idle.get("failed") and idle["baseline"]["requests"] == 0, idle

@@ -123,6 +123,21 @@ def test_idle_on_both_sides_passes() -> None:
         assert verdict.evidence == "no client traffic in either the window or control me-c"
 
 
+def test_silence_on_both_sides_after_a_baseline_with_traffic_is_inconclusive_not_passed() -> None:
+    # the market traded before the rollout; a window where neither the node nor its control saw a
+    # request means traffic stopped (mid-gate, or in front of both), which proves nothing
+    idle = Sample(0, 0, ())
+    traded = Settings(SETTINGS.alpha, SETTINGS.min_requests, expected_requests=240)
+    for verdict in (judge_latency(idle, idle, "control me-c", traded, FACTOR, SLACK_MS),
+                    judge_errors(idle, Sample(0, 0, None), "control me-c", traded, 0.01)):
+        assert verdict.outcome == INCONCLUSIVE
+        assert verdict.evidence.startswith("no client traffic in either the window or control me-c, though the "
+                                           "pre-rollout baseline had 240: traffic stopped")
+    assert settings_from(0.01, 50, 0).expected_requests == 0  # an idle baseline keeps the idle pass
+    quiet = Settings(SETTINGS.alpha, SETTINGS.min_requests, expected_requests=0)
+    assert judge_errors(idle, idle, "control me-c", quiet, 0.01).outcome == PASSED
+
+
 def test_evidence_names_the_numbers_and_the_tests() -> None:
     rng = np.random.default_rng(11)
     node, reference = sample(healthy(rng, 412) + 0.2), sample(healthy(rng, 398))
