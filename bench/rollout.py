@@ -19,7 +19,7 @@ do not assert on timing. Exit status: 0 when both playbooks ran to the end and o
 lost nothing, 1 otherwise, 130 when interrupted.
 
     .venv/bin/python bench/rollout.py [--rate 500] [--net 62] [--shards 2] [--wallets 2] [--skip-naive]
-                                      [--ours-vars JSON] [--json]
+                                      [--rollback] [--ours-vars JSON] [--json]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # how long one playbook may run before ansible-runner stops it (--cap)
 CAP = [1800]
-OURS, NAIVE = "our rollout", "naive rolling update"
+OURS, OURS_BACK, NAIVE = "our rollout", "our rollback", "naive rolling update"
 COMPONENT = "matching-engine"
 HOST_EVENTS = ("runner_on_ok", "runner_on_failed", "runner_on_skipped", "runner_on_unreachable",
                "runner_item_on_ok", "runner_item_on_failed")
@@ -80,6 +80,8 @@ class Run:
     failures: list[str] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str | None] = field(default_factory=dict)
+    # health_gate outcomes of the run's traffic gates (on promoted nodes and wallets): passed, failed, inconclusive
+    gates: dict[str, int] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         unavailable = self.report.get("max_unavailable_ms") or {}
@@ -88,7 +90,7 @@ class Run:
             "release": self.release, "status": self.status, "total_s": round(self.total_s, 1),
             "batches": [{"play": b.play, "hosts": b.hosts, "seconds": round(b.seconds, 2)} for b in self.batches],
             "max_unavailable_ms": unavailable.get(worst, 0) if worst else 0, "max_unavailable_market": worst,
-            "failures": self.failures, "versions": self.versions, "load": self.report,
+            "failures": self.failures, "versions": self.versions, "load": self.report, "traffic_gates": self.gates,
         }
 
 
@@ -133,6 +135,11 @@ def run_playbook(root: Path, ident: str, playbook: Path, inventory: str, extrava
 
     def on_event(ev: dict[str, Any]) -> bool:
         events.append(ev)
+        data = ev.get("event_data") or {}
+        res = data.get("res") or {}
+        if ev.get("event") in ("runner_on_ok", "runner_on_failed") and isinstance(res, dict) \
+                and res.get("outcome") and "error_rate" in (res.get("checks") or []):
+            run.gates[res["outcome"]] = run.gates.get(res["outcome"], 0) + 1
         if ev.get("event") == "runner_on_failed" and not (ev.get("event_data") or {}).get("ignore_errors"):
             res = ev["event_data"].get("res") or {}
             run.failures.append(f"{ev['event_data'].get('host')}: {ev['event_data'].get('task')}: "
@@ -205,8 +212,19 @@ def bench(args: argparse.Namespace, interrupt: Interrupt) -> tuple[list[Run], di
             root, "ours", REPO / "playbooks" / "rolling_patch.yml", f.inventory_dir, ours_vars, interrupt, ours))
         ours.versions = versions(f)
         say(f"{OURS}: {ours.status} in {ours.total_s:.1f} s")
+        runs = [ours]
+        if args.rollback:
+            back = Run(OURS_BACK, f"{rels[0].version} -> {base}")
+            say(f"{OURS_BACK}: playbooks/rollback.yml -e component={COMPONENT} under {args.rate:g} orders/s")
+            back_vars = {**{k: v for k, v in args.ours_vars.items() if k != "patch_id"}, "component": COMPONENT,
+                         "version": base}
+            back.report = under_load(f, args.rate, lambda: run_playbook(
+                root, "ours-back", REPO / "playbooks" / "rollback.yml", f.inventory_dir, back_vars, interrupt, back))
+            back.versions = versions(f)
+            say(f"{OURS_BACK}: {back.status} in {back.total_s:.1f} s")
+            runs.append(back)
         if args.skip_naive:
-            return [ours], fleet_info
+            return runs, fleet_info
 
         naive_vars = {"naive_version": rels[1].version, "naive_artifact": rels[1].artifact,
                       "naive_sha256": rels[1].sha256}
@@ -216,7 +234,7 @@ def bench(args: argparse.Namespace, interrupt: Interrupt) -> tuple[list[Run], di
             naive))
         naive.versions = versions(f)
         say(f"{NAIVE}: {naive.status} in {naive.total_s:.1f} s")
-        return [ours, naive], fleet_info
+        return [*runs, naive], fleet_info
     finally:
         say(f"stopping the fleet and removing {root}")
         try:
@@ -260,6 +278,8 @@ def render(runs: list[Run], fleet_info: dict[str, Any]) -> str:
             ["errors (failed attempts)", *(load("errors", d) for d in docs)],
             ["p99 latency (ms)", *(str(d["load"].get("latency_ms", {}).get("p99", "-")) for d in docs)],
             ["achieved rate (req/s)", *(load("achieved_rate", d) for d in docs)],
+            ["traffic gates passed/failed/inconclusive",
+             *("/".join(str(r.gates.get(k, 0)) for k in ("passed", "failed", "inconclusive")) for r in runs)],
             ["nodes on the target release",
              *(f"{sum(v == target[r.name] for v in r.versions.values())}/{len(r.versions)}" for r in runs)]]
     out = [f"fleet: {fleet_info['shards']} shards x primary/standby + {fleet_info['wallets']} wallets "
@@ -283,6 +303,8 @@ def main() -> int:
     ap.add_argument("--shards", type=int, default=2, help="matching shards (2 nodes each); default 2")
     ap.add_argument("--wallets", type=int, default=2, help="wallet-signer nodes; default 2")
     ap.add_argument("--skip-naive", action="store_true", help="run our rollout only (large fleets)")
+    ap.add_argument("--rollback", action="store_true",
+                    help="after our rollout, roll the fleet back with playbooks/rollback.yml under the same load")
     ap.add_argument("--cap", type=int, default=1800, metavar="S",
                     help="stop a playbook that runs longer than S seconds (ansible-runner's timeout); default 1800")
     ap.add_argument("--ours-vars", type=json.loads, default={}, metavar="JSON",

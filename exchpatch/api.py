@@ -8,7 +8,7 @@ nothing here imports collection code.
 
     job = deploy("matching-engine-1.4.3", event_handler=print_progress)
     result = job.wait()          # DeployResult
-    result.outcome               # successful | rolled_back | halted | inconclusive | refused | failed | canceled | check
+    result.outcome   # successful | rolled_back | halted | inconclusive | refused | failed | canceled | check
 """
 
 from __future__ import annotations
@@ -330,12 +330,15 @@ def plan(feeds: Sequence[str], catalog: str, *, inventory: str | Path | None = N
 def deploy(patch_id: str, *, inventory: str | Path | None = None, check: bool = False, emergency: bool = False,
            reason: str | None = None, approval: str | Sequence[str] | None = None, operator: str | None = None,
            serial: Sequence[int | str] | None = None, canary_bake: float | None = None, bake: float | None = None,
-           on_failure: str = "rollback", accept_irreversible: bool = False, catalog: str | None = None,
-           allow_downgrade: bool = False, vault_password_file: str | None = None,
+           on_failure: str = "rollback", on_inconclusive: str = "halt", accept_irreversible: bool = False,
+           catalog: str | None = None, allow_downgrade: bool = False, vault_password_file: str | None = None,
            allow_vault_password_script: bool = False, allow_inventory_scripts: bool = False,
            timeout: float | None = None, event_handler: EventHandler | None = None,
            status_handler: StatusHandler | None = None) -> Job:
     """Roll one catalog patch out (``playbooks/rolling_patch.yml``).
+
+    ``on_inconclusive`` is what a traffic gate with too few client requests to judge does: ``halt``
+    (a human decides; outcome ``inconclusive``), ``fail`` (roll back) or ``proceed`` (docs/gates.md).
 
     ``allow_downgrade`` (with a ``reason``) lets a patch older than what a node runs go out; it is
     recorded as a downgrade. The way back from a bad release is :func:`rollback`, not a patch.
@@ -347,6 +350,10 @@ def deploy(patch_id: str, *, inventory: str | Path | None = None, check: bool = 
     extravars: dict[str, Any] = {"patch_id": patch_id, "rolling_on_failure": on_failure}
     if on_failure not in ("rollback", "halt"):
         raise BadInput(f"on_failure {on_failure!r} is not valid; use rollback or halt")
+    if on_inconclusive not in ("halt", "fail", "proceed"):
+        raise BadInput(f"on_inconclusive {on_inconclusive!r} is not valid; use halt (a human decides), fail (roll "
+                       "back) or proceed (go on with a warning)")
+    extravars["rolling_on_inconclusive"] = on_inconclusive
     operator = _check(_PERSON_RE, operator, "operator", "alice") if operator else _login()
     extravars["preflight_operator"] = operator
     if emergency:

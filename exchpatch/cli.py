@@ -268,6 +268,7 @@ def cmd_deploy(args: argparse.Namespace) -> tuple[int, Any, str]:
     result = _start(api.deploy, args, args.patch_id, inventory=args.inventory, check=args.check,
                     emergency=args.emergency, reason=args.reason, approval=args.approval, operator=args.operator,
                     serial=args.serial, canary_bake=args.canary_bake, bake=args.bake, on_failure=args.on_failure,
+                    on_inconclusive=args.on_inconclusive,
                     accept_irreversible=args.accept_irreversible, catalog=args.catalog,
                     allow_downgrade=args.allow_downgrade, timeout=args.timeout, **_trusted_files(args))
     _failed(result)
@@ -512,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bake", type=float, metavar="S", help="seconds every other node bakes")
     p.add_argument("--on-failure", choices=["rollback", "halt"], default="rollback",
                    help="after a failed gate: roll back (default) or halt for a human")
+    p.add_argument("--on-inconclusive", choices=["halt", "fail", "proceed"], default="halt",
+                   help="a traffic gate with too few client requests to judge: halt for a human (default), "
+                        "fail (roll back) or proceed with a warning")
     p.add_argument("--catalog", metavar="DIR", help="catalog folder (default: the testbed's, else patches/)")
     p.set_defaults(func=cmd_deploy)
 

@@ -163,6 +163,12 @@ def test_api_argument_refuses_a_template(func, base, name, sandbox):
     _no_trace(sandbox)
 
 
+def test_an_unknown_inconclusive_policy_is_refused_naming_the_choices(sandbox):
+    with pytest.raises(api.BadInput, match=r"on_inconclusive 'maybe' is not valid; use halt .* fail .* proceed"):
+        api.deploy("matching-engine-1.4.3", on_inconclusive="maybe")
+    _no_trace(sandbox)
+
+
 # --------------------------------------------------------------------------- executable files are opt-in
 
 def _script(path: Path) -> Path:
