@@ -296,3 +296,39 @@ def test_check_mode_touches_no_node_and_shows_the_batches(fleet):
     assert versions(fleet, "matching-engine") == before
     assert {n.name: os.readlink(Path(n.root) / "current") for n in fleet.nodes} == roots
     assert not any((Path(fleet.root) / "locks").glob("*.lock"))
+
+
+def test_a_shard_left_without_a_ready_primary_gets_its_ready_standby_promoted_and_is_reported(fleet, tmp_path):
+    # the safety net at the end of a failed or stopped run (playbooks/tasks/shard_state.yml): shard 0's
+    # primary steps down and nobody takes over, as after a switchover that died half way
+    import urllib.request
+
+    shard0 = [n for n in fleet.nodes if n.component == "matching-engine" and n.shard == 0]
+    primary = next(n for n in shard0 if tb.node_status(n).get("ha_role") == "primary")
+    req = urllib.request.Request(f"{primary.url}/v1/ha/step-down", data=b"{}", method="POST",
+                                 headers={"Authorization": f"Bearer {primary.token()}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+    assert sorted(tb.node_status(n).get("ha_role") for n in shard0) == ["standby", "standby"]
+    play = tmp_path / "shard_state.yml"
+    tasks_file = str(REPO / "playbooks" / "tasks" / "shard_state.yml")
+    play.write_text(yaml.safe_dump([{
+        "name": "Shard state", "hosts": "localhost", "gather_facts": False,
+        "tasks": [{"name": "Report and repair", "ansible.builtin.include_tasks": tasks_file,
+                   "vars": {"shard_state_repair": True}},
+                  {"name": "Show", "ansible.builtin.debug": {
+                      "msg": "STATE={{ {'lines': shard_state_lines, 'unserved': shard_state_unserved, "
+                             "'repaired': shard_state_repaired} | to_json }}"}}]}]))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    res = subprocess.run([str(BIN / "ansible-playbook"), "-i", fleet.inventory_dir, str(play)], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=120, check=False)
+    assert res.returncode == 0, res.stdout[-3000:]
+    state = json.loads(re.search(r'"STATE=(\{.*\})"', res.stdout).group(1).replace('\\"', '"'))
+    assert state["repaired"] == [0] and state["unserved"] == [], state
+    roles = {n.name: tb.node_status(n) for n in shard0}
+    assert sorted(s.get("ha_role") for s in roles.values()) == ["primary", "standby"], roles
+    line = next(x for x in state["lines"] if x.startswith("shard 0:"))
+    served = next(name for name, s in roles.items() if s["ha_role"] == "primary")
+    assert f"{served} primary " in line and "NO READY PRIMARY" not in line, line
+    assert len(state["lines"]) == fleet.shards
