@@ -402,3 +402,24 @@ def client_from_params(params: dict[str, Any]) -> AdminApi:
     """An :class:`AdminApi` from a module's admin_api options (url, token, request_timeout, TLS)."""
     return AdminApi(params["url"], params["token"], request_timeout=params["request_timeout"],
                     tls=tls_from_params(params))
+
+
+# --------------------------------------------------------------------------- fencing (docs/lease.md)
+
+
+def fence_of(token: int | None, scopes: list[str] | None) -> list[dict[str, Any]]:
+    """The ``fence`` a run sends with every action that changes a node: its token for each scope."""
+    return [{"scope": scope, "token": token} for scope in scopes] if scopes else []
+
+
+def fence_refusal(status: int, document: Any) -> dict[str, Any] | None:
+    """The node's fencing refusal (``{scope, token, highest}``) when a 409 answer is one, else None."""
+    fence = document.get("fence") if status == 409 and isinstance(document, dict) else None
+    return fence if isinstance(fence, dict) else None
+
+
+def fence_refused_msg(node: str, path: str, fence: dict[str, Any], leave: str) -> str:
+    """Why the run must stop: ``node`` refused ``path`` because another run holds the lease of ``leave``."""
+    return (f"{node} refused POST {path}: run's token {fence.get('token')} is lower than {fence.get('highest')} "
+            f"already seen for {fence.get('scope')}: another run holds the lease; this run must stop and leave "
+            f"{leave} to the lease holder")

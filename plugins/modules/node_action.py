@@ -187,6 +187,9 @@ from ansible_collections.exchangeops.patching.plugins.module_utils._admin_api im
     AdminApiError,
     admin_api_argument_spec,
     client_from_params,
+    fence_of,
+    fence_refusal,
+    fence_refused_msg,
 )
 
 MATCHING = "matching-engine"
@@ -209,25 +212,19 @@ class Admin:
         self.module = module
         self.api = api
         self.base = api.base
-        token, scopes = module.params["fence_token"], module.params["fence_scopes"]
-        self.fence = [{"scope": scope, "token": token} for scope in scopes] if scopes else []
+        self.fence = fence_of(module.params["fence_token"], module.params["fence_scopes"])
 
     def fail(self, e: AdminApiError) -> None:
-        if e.status == 409 and e.document is not None:
-            self.refused_fence(e.document, urlsplit(e.url).path)
+        self.refused_fence(e.status, e.document, urlsplit(e.url).path)
         extra = {"node": e.document} if e.document is not None else {}
         self.module.fail_json(msg=str(e), **extra)
 
-    def refused_fence(self, answer: dict, path: str) -> None:
-        """Fail the task when the node's 409 answer is a fencing refusal; return otherwise."""
-        fence = answer.get("fence")
-        if not isinstance(fence, dict):
-            return
-        self.module.fail_json(
-            msg=f"node {self.base} refused POST {path}: run's token {fence.get('token')} is lower than "
-                f"{fence.get('highest')} already seen for {fence.get('scope')}: another run holds the lease; "
-                "this run must stop and leave the node to the lease holder",
-            fence=fence, node=answer)
+    def refused_fence(self, status: int, answer: dict | None, path: str) -> None:
+        """Fail the task when the node's answer is a fencing refusal; return otherwise."""
+        fence = fence_refusal(status, answer)
+        if fence is not None:
+            self.module.fail_json(msg=fence_refused_msg(f"node {self.base}", path, fence, "the node"),
+                                  fence=fence, node=answer)
 
     def status(self) -> dict:
         try:
@@ -243,8 +240,7 @@ class Admin:
             answer = self.api.post_json(path, body, accept)
         except AdminApiError as e:
             self.fail(e)
-        if answer.status == 409:
-            self.refused_fence(answer.document, path)
+        self.refused_fence(answer.status, answer.document, path)
         return answer.status, answer.document
 
 

@@ -191,6 +191,9 @@ from ansible_collections.exchangeops.patching.plugins.module_utils._admin_api im
     AdminApi,
     AdminApiError,
     admin_api_argument_spec,
+    fence_of,
+    fence_refusal,
+    fence_refused_msg,
     tls_from_params,
 )
 from ansible_collections.exchangeops.patching.plugins.module_utils._haproxy import (
@@ -241,12 +244,10 @@ class Node:
         try:
             answer = self.api.post_json(path, body)
         except AdminApiError as e:
-            fence = e.document.get("fence") if e.status == 409 and e.document else None
-            if isinstance(fence, dict):
-                raise SwitchoverFailed(
-                    f"{self.name} refused POST {urlsplit(e.url).path}: run's token {fence.get('token')} is lower "
-                    f"than {fence.get('highest')} already seen for {fence.get('scope')}: another run holds the "
-                    "lease; this run must stop and leave the shard to the lease holder", fence=fence) from None
+            fence = fence_refusal(e.status, e.document)
+            if fence is not None:
+                raise SwitchoverFailed(fence_refused_msg(self.name, urlsplit(e.url).path, fence, "the shard"),
+                                       fence=fence) from None
             raise SwitchoverFailed(f"{e}", node=e.document or {}) from None
         return answer.document
 
@@ -266,7 +267,7 @@ class Switchover:
     def __init__(self, module: AnsibleModule) -> None:
         self.module = module
         p = module.params
-        fence = [{"scope": s, "token": p["fence_token"]} for s in p["fence_scopes"]] if p["fence_scopes"] else []
+        fence = fence_of(p["fence_token"], p["fence_scopes"])
         tls = tls_from_params(p)
         try:
             self.primary = Node("primary", AdminApi(p["url"], p["token"], request_timeout=p["request_timeout"],

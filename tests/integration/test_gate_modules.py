@@ -166,17 +166,23 @@ def status(node: NodeProc) -> dict[str, Any]:
     return body
 
 
-def kill_after_status_reads(node: NodeProc, reads: int, timeout: float = 60.0) -> None:
-    """Kill ``node`` once its /v1/status was read ``reads`` times (by a gate that then bakes)."""
+def after_status_reads(node: NodeProc, reads: int, then: Callable[[], Any], poll: float,
+                       timeout: float = 60.0) -> None:
+    """Call ``then()`` once ``node``'s /v1/status was read ``reads`` times (by a gate)."""
     route = 'exchange_requests_total{route="/v1/status",method="GET",code="200"} '
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         code, text = node.admin("GET", "/metrics")
         line = next((x for x in text.splitlines() if x.startswith(route)), None) if code == 200 else None
         if line is not None and int(line.rsplit(" ", 1)[1]) >= reads:
-            node.kill()
+            then()
             return
-        time.sleep(0.05)
+        time.sleep(poll)
+
+
+def kill_after_status_reads(node: NodeProc, reads: int) -> None:
+    """Kill ``node`` once its /v1/status was read ``reads`` times (by a gate that then bakes)."""
+    after_status_reads(node, reads, node.kill, poll=0.05)
 
 
 def gate(node_var: str, **args: Any) -> dict[str, Any]:
@@ -375,17 +381,9 @@ def test_never_ready_stopped_and_refused_nodes_fail(tmp_path: Path, nodes: list[
     assert "unreachable" in gates_of(baked)["ready"]["evidence"]
 
 
-def stop_after_status_reads(node: NodeProc, reads: int, load: Traffic, timeout: float = 60.0) -> None:
+def stop_after_status_reads(node: NodeProc, reads: int, load: Traffic) -> None:
     """Stop the client traffic once ``node``'s /v1/status was read ``reads`` times (by a gate)."""
-    route = 'exchange_requests_total{route="/v1/status",method="GET",code="200"} '
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        code, text = node.admin("GET", "/metrics")
-        line = next((x for x in text.splitlines() if x.startswith(route)), None) if code == 200 else None
-        if line is not None and int(line.rsplit(" ", 1)[1]) >= reads:
-            load.stop()
-            return
-        time.sleep(0.02)
+    after_status_reads(node, reads, load.stop, poll=0.02)
 
 
 TRAFFIC_CHECKS = ["ready", "version", "error_rate", "p99"]
