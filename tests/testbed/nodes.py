@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,10 @@ def http(method: str, url: str, body: Any = None, token: str | None = None,
             ctype = resp.headers.get("Content-Type", "")
     except urllib.error.HTTPError as e:
         raw, status, ctype = e.read(), e.code, e.headers.get("Content-Type", "")
+    except HTTPException as e:
+        # A node killed or restarted mid-answer cuts the body short (IncompleteRead); to a
+        # caller that is the same transport failure as a refused connection.
+        raise ConnectionError(f"{method} {url}: {e!r}") from e
     if "json" in ctype:
         return status, json.loads(raw)
     return status, raw.decode()
