@@ -82,6 +82,8 @@ class Run:
     versions: dict[str, str | None] = field(default_factory=dict)
     # health_gate outcomes of the run's traffic gates (on promoted nodes and wallets): passed, failed, inconclusive
     gates: dict[str, int] = field(default_factory=dict)
+    # wall time per task name, summed over every batch that ran it (where a rollout spends its time)
+    tasks: dict[str, float] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         unavailable = self.report.get("max_unavailable_ms") or {}
@@ -91,6 +93,7 @@ class Run:
             "batches": [{"play": b.play, "hosts": b.hosts, "seconds": round(b.seconds, 2)} for b in self.batches],
             "max_unavailable_ms": unavailable.get(worst, 0) if worst else 0, "max_unavailable_market": worst,
             "failures": self.failures, "versions": self.versions, "load": self.report, "traffic_gates": self.gates,
+            "task_seconds": {k: round(v, 2) for k, v in sorted(self.tasks.items(), key=lambda kv: -kv[1])},
         }
 
 
@@ -129,6 +132,24 @@ def batches_from_events(events: list[dict[str, Any]]) -> list[Batch]:
     return [b for b in batches if b.hosts]  # plays that matched no host took no time worth a row
 
 
+def task_seconds(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Wall time per task: from its task-start event to the next task, play or end event, summed by name."""
+    out: dict[str, float] = {}
+    current: tuple[str, dt.datetime] | None = None
+    for ev in events:
+        kind, data = ev.get("event"), ev.get("event_data") or {}
+        if kind not in ("playbook_on_task_start", "playbook_on_handler_task_start", "playbook_on_play_start",
+                        "playbook_on_stats") or not ev.get("created"):
+            continue
+        created = dt.datetime.fromisoformat(ev["created"])
+        if current:
+            out[current[0]] = out.get(current[0], 0.0) + (created - current[1]).total_seconds()
+        name = data.get("task") or data.get("name") or "?"
+        role = data.get("role")
+        current = (f"{role} : {name}" if role else name, created) if "task_start" in kind else None
+    return out
+
+
 def run_playbook(root: Path, ident: str, playbook: Path, inventory: str, extravars: dict[str, Any],
                  interrupt: Interrupt, run: Run) -> None:
     events: list[dict[str, Any]] = []
@@ -161,6 +182,7 @@ def run_playbook(root: Path, ident: str, playbook: Path, inventory: str, extrava
     run.total_s = time.monotonic() - t0
     run.status = r.status
     run.batches = batches_from_events(events)
+    run.tasks = task_seconds(events)
     if interrupt.event.is_set():
         raise KeyboardInterrupt("canceled")
 
@@ -290,6 +312,11 @@ def render(runs: list[Run], fleet_info: dict[str, Any]) -> str:
         for i, b in enumerate(r.batches, 1):
             brows.append([r.name, str(i), b.play[:60], ",".join(b.hosts), f"{b.seconds:.1f}"])
     out.append(table(brows, right_from=4))
+    for r in runs:
+        top = sorted(r.tasks.items(), key=lambda kv: -kv[1])[:12]
+        if top:
+            out += ["", f"{r.name}: where the time went (wall s per task, summed over batches; top {len(top)})"]
+            out.append(table([["task", "s"], *([name[:90], f"{s:.1f}"] for name, s in top)]))
     for r in runs:
         for msg in r.failures[:3]:
             out.append(f"{r.name} failed: {msg[:400]}")
