@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -174,6 +174,129 @@ def write_json_durably(path: str, obj: Any) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+# --------------------------------------------------------------------------- HA history
+
+HA_HISTORY_FILE = "ha-history.jsonl"  # in the node's data_dir: kept across restarts and releases
+HA_STARTED, HA_STOPPING, HA_READY, HA_NOT_READY = "started", "stopping", "ready", "not_ready"
+
+
+def read_ha_history(path: str, since: float | None = None) -> list[dict[str, Any]]:
+    """The records of an HA history file, oldest first; unreadable lines (a torn write) are skipped."""
+    out: list[dict[str, Any]] = []
+    try:
+        with open(path, "rb") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(rec, dict) or not isinstance(rec.get("t"), (int, float)):
+                    continue
+                if since is None or rec["t"] >= since:
+                    out.append(rec)
+    except FileNotFoundError:
+        return []
+    return out
+
+
+class HaHistory:
+    """The node's own record of its HA role and readiness: one JSON line per transition, appended.
+
+    Each line is ``{"t", "event", "role", "ready", "reason", "version", "pid"}`` and states the
+    node's role and readiness *after* the event: ``started`` (a process began; not ready),
+    ``primary`` / ``standby`` / ``active`` (it took that role), ``ready`` / ``not_ready``
+    (its readiness for its role changed), ``stopping`` (SIGTERM; nothing follows from this
+    process). A process that dies without ``stopping`` (SIGKILL, crash) leaves no line: the next
+    ``started`` shows it. The file is never truncated, so it spans restarts and releases; lines
+    are flushed, not fsynced, and a failed write is logged, never raised: the history is
+    evidence for tests and benches, not state the node depends on.
+    """
+
+    def __init__(self, path: str, node: Node) -> None:
+        self.path = path
+        self.node = node
+        self._lock = threading.Lock()
+        self._fh: Any = None
+        self._closed = threading.Event()
+        self._role: str | None = None
+        self._ready: bool | None = None
+        self._failing = False
+
+    def _write(self, event: str, role: str | None, ready: bool, reason: str) -> bool:
+        rec = {"t": time.time(), "event": event, "role": role, "ready": ready, "reason": reason,
+               "version": self.node.release.version, "pid": os.getpid()}
+        try:
+            if self._fh is None:
+                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+                self._fh = open(self.path, "ab")  # noqa: SIM115 - held open for the node's lifetime
+                if self._fh.tell() > 0:
+                    with open(self.path, "rb") as tail:
+                        tail.seek(-1, os.SEEK_END)
+                        if tail.read(1) != b"\n":
+                            self._fh.write(b"\n")  # a process killed mid-line: keep our first line whole
+            self._fh.write(json.dumps(rec, sort_keys=True).encode() + b"\n")
+            self._fh.flush()
+        except OSError as e:
+            if not self._failing:
+                LOG.warning("HA history %s: cannot write (%s); the node keeps serving without it", self.path, e)
+            self._failing = True
+            if self._fh is not None:
+                with suppress(OSError):
+                    self._fh.close()
+            self._fh = None  # reopened at the next transition
+            return False
+        self._failing = False
+        return True
+
+    def started(self) -> None:
+        with self._lock:
+            self._write(HA_STARTED, None, False, "process started")
+
+    def observe(self) -> None:
+        """Record the node's role and readiness if either changed since the last line."""
+        try:
+            with self._lock:
+                if self._closed.is_set():
+                    return
+                role = self.node.ha_role()
+                ready, reason = self.node.readiness(None)
+                if role != self._role:
+                    event = str(role)
+                elif ready != self._ready:
+                    event = HA_READY if ready else HA_NOT_READY
+                else:
+                    return
+                if self._write(event, role, ready, reason):
+                    self._role, self._ready = role, ready  # else: written once the file works again
+        except Exception:  # the history must never take the node down
+            LOG.exception("HA history: observing the node failed")
+
+    def watch(self) -> None:
+        """Re-read readiness every ``node.ha_sample_s`` in a daemon thread, until ``stopping``."""
+
+        def loop() -> None:
+            while not self._closed.wait(self.node.ha_sample_s):
+                self.observe()
+
+        threading.Thread(target=loop, name="ha-history", daemon=True).start()
+
+    def stopping(self) -> None:
+        """Record the SIGTERM; later observations are dropped, so this is the process's last line."""
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            self._write(HA_STOPPING, self._role, False, "SIGTERM: stopping")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed.set()
+            if self._fh is not None:
+                with suppress(OSError):
+                    self._fh.close()
+                self._fh = None
 
 
 # --------------------------------------------------------------------------- fencing
@@ -396,6 +519,9 @@ class Node:
     """
 
     component = ""
+    # How often the HA history re-reads readiness, for changes no code path announces (a primary
+    # gone quiet, a slow start); role changes are recorded as they happen.
+    ha_sample_s = 0.1
 
     def __init__(self, config: dict[str, Any], release: Release) -> None:
         self.config = config
@@ -411,6 +537,8 @@ class Node:
         self.router.add("GET", "/v1/ready", self._ready, auth="none", kind="probe")
         self.router.add("GET", "/v1/status", lambda req: self.status(), auth="admin")
         self.router.add("GET", "/metrics", self._metrics, auth="admin")
+        self.router.add("GET", "/v1/ha/history", self._ha_history, auth="admin")
+        self.history = HaHistory(os.path.join(config["data_dir"], HA_HISTORY_FILE), self)
 
     # -- subclass interface
     def start(self) -> None:
@@ -427,6 +555,10 @@ class Node:
 
     def extra_metrics(self) -> list[str]:
         return []
+
+    def ha_role(self) -> str | None:
+        """The role the HA history records: primary/standby for a matching node, active for a wallet."""
+        return None
 
     # -- shared behaviour
     def base_status(self) -> dict[str, Any]:
@@ -456,6 +588,18 @@ class Node:
     def _ready(self, req: Request) -> tuple[int, dict[str, Any]]:
         ready, reason = self.readiness(req.query.get("role"))
         return (200 if ready else 503), {"ready": ready, "reason": reason}
+
+    def _ha_history(self, req: Request) -> dict[str, Any]:
+        raw = req.query.get("since")
+        try:
+            since = None if raw is None else float(raw)
+        except ValueError as e:
+            raise HttpError(400, f"since must be a Unix time in seconds, got {raw!r}") from e
+        try:
+            events = read_ha_history(self.history.path, since)
+        except OSError as e:
+            raise HttpError(500, f"cannot read the HA history {self.history.path}: {e}") from e
+        return {"name": self.name, "file": self.history.path, "events": events}
 
     def _metrics(self, req: Request) -> tuple[int, str]:
         lines = [
@@ -618,13 +762,20 @@ def main(release_dir: str, argv: list[str]) -> int:
         return 78  # EX_CONFIG: supervisord gives up instead of looping
     node = _node_class(config["component"])(config, release)
     LOG.info("starting %s %s %s (fault=%s)", node.name, node.component, release.version, release.fault)
+    node.history.started()
     node.start()
     server = NodeServer((config["address"], int(config["port"])), _make_handler(node))
+    node.history.observe()
+    node.history.watch()
     stopping = threading.Event()
+
+    def shut_down() -> None:
+        node.history.stopping()  # first: from here on this node no longer counts as ready
+        server.shutdown()
 
     def stop(signum: int, frame: Any) -> None:
         stopping.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        threading.Thread(target=shut_down, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -641,5 +792,6 @@ def main(release_dir: str, argv: list[str]) -> int:
     finally:
         server.server_close()
         node.close()
+        node.history.close()
         LOG.info("stopped")
     return 0

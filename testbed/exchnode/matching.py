@@ -448,6 +448,7 @@ class MatchingNode(Node, EngineState):
             self._set_role("standby", max(term, self._term))
             self._peer_seq = None
             self._peer_is_primary = False
+            self.history.observe()
         self._wake.set()
 
     def _peer_wins(self, term: int, sender: str) -> bool:
@@ -767,6 +768,7 @@ class MatchingNode(Node, EngineState):
                     self._standby_tick()
             except Exception:
                 LOG.exception("HA loop")
+            self.history.observe()  # following or not is decided here: record it when it changes
 
     def _primary_tick(self) -> None:
         if self._push is None:
@@ -922,6 +924,7 @@ class MatchingNode(Node, EngineState):
             self._next_push = 0.0
             self._peer_seq = None
             LOG.warning("promoted to primary in term %d at seq %d", term, self._applied)
+            self.history.observe()
         self._wake.set()
         return self._ha_answer()
 
@@ -1056,6 +1059,9 @@ class MatchingNode(Node, EngineState):
         if self._role == "primary":
             return self._repl_state
         return "following" if self._following()[0] else "catching_up"
+
+    def ha_role(self) -> str | None:
+        return self._role
 
     def component_readiness(self, role: str | None) -> tuple[bool, str]:
         if not self._started:

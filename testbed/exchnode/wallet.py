@@ -67,6 +67,7 @@ def _count_lines(path: str) -> int:
 
 class WalletNode(Node):
     component = "wallet-signer"
+    ha_sample_s = 1.0  # readiness reads every chain file: not ten times a second for a history
 
     def __init__(self, config: dict[str, Any], release: Any) -> None:
         super().__init__(config, release)
@@ -434,6 +435,9 @@ class WalletNode(Node):
             }
         # outside self._lock: a fenced pause holds the fence, then takes self._lock
         return {**base, **doc, "fence": self.fence.highest()}
+
+    def ha_role(self) -> str | None:
+        return "active"
 
     def component_readiness(self, role: str | None) -> tuple[bool, str]:
         # Wallet signers are all active: role=primary means the same as no role.

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from testbed import fleet as tb
+from testbed.hahistory import fleet_histories, shard_verdicts
 from testbed.loadgen import LoadTarget, run_load
 from testbed.release import build_release
 
@@ -114,6 +115,7 @@ def test_a_healthy_release_rolls_out_and_back_without_a_false_failure(fleet, aud
     start = versions(fleet)
     assert set(start.values()) == {"1.4.2"}, start
     load = Load(fleet)
+    began = time.time()
     try:
         for cycle in range(CYCLES):
             res = playbook(fleet, audit_file, "rolling_patch.yml", "-e", f"patch_id={pid}",
@@ -123,9 +125,16 @@ def test_a_healthy_release_rolls_out_and_back_without_a_false_failure(fleet, aud
             back = playbook(fleet, audit_file, "rollback.yml", "-e", "component=matching-engine", "-e", SERIAL)
             assert back.returncode == 0, f"rollback {cycle + 1}: {output(back)}"
             assert versions(fleet) == start, cycle
+        finished = time.time()
     finally:
         report = load.stop()
     assert_nothing_lost(report)
+    # from the nodes' own HA histories, not from timing: no shard was ever left without a ready node
+    verdicts = shard_verdicts(fleet_histories(fleet.nodes), began, finished)
+    assert len(verdicts) == SHARDS, sorted(verdicts)
+    longest = {shard: round(v.longest_no_primary, 3) for shard, v in sorted(verdicts.items())}
+    lost = {shard: v.describe() for shard, v in sorted(verdicts.items()) if v.no_ready}
+    assert not lost, f"shards left without a ready node: {lost}; longest gap without a primary per shard (s): {longest}"
     outcomes = closed_outcomes(audit_file)
     assert outcomes[-2 * CYCLES:] == [("rolling_patch.yml", "successful"), ("rollback.yml", "successful")] * CYCLES, \
         outcomes
