@@ -170,3 +170,78 @@ def test_a_refused_promotion_names_the_option_that_overrides_it(tmp_path: Path) 
     failed(result, "refused to be promoted: peer is still primary", "(peer me-b, term 3)",
            "set promote_despite_peer=true only if the peer is down")
     assert result["node"]["peer"] == "me-b" and json.loads(node.seen[1].body) == {"force": False}
+
+
+# --------------------------------------------------------------------------- fleet_info: many nodes in one task
+
+
+def run_fleet_info(tmp_path: Path, **args: Any) -> tuple[dict[str, Any], str]:
+    """Run plugins/modules/fleet_info.py; its JSON result and everything it printed (for leak checks)."""
+    args_file = tmp_path / "fleet_info-args.json"
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "collections")}
+    proc = subprocess.run([sys.executable, str(REPO / "plugins" / "modules" / "fleet_info.py"), str(args_file)],
+                          capture_output=True, text=True, timeout=60, env=env, check=False)
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output, output
+    return json.loads(proc.stdout), output
+
+
+def test_fleet_info_reads_every_node_and_names_each_one_it_could_not(tmp_path: Path) -> None:
+    wallet = {**STATUS, "name": "w-1", "component": "wallet-signer", "ha_role": "active"}
+    with serving(answer(200, STATUS)) as good, serving(answer(500, {"error": "disk full"})) as broken, \
+            serving(hang) as hung, serving(answer(200, wallet)) as wrong, \
+            serving(answer(200, {"name": "x", "version": "1"})) as partial:
+        nodes = [{"name": "me-good", "url": good.url, "token": TOKEN, "component": "matching-engine"},
+                 {"name": "me-broken", "url": broken.url, "token": TOKEN},
+                 {"name": "me-hung", "url": hung.url, "token": TOKEN},
+                 {"name": "me-wrong", "url": wrong.url, "token": TOKEN, "component": "matching-engine"},
+                 {"name": "me-partial", "url": partial.url, "token": TOKEN}]
+        result, output = run_fleet_info(tmp_path, nodes=nodes, request_timeout=1)
+        strict, strict_output = run_fleet_info(tmp_path, nodes=nodes, request_timeout=1, fail_on_error=True)
+    assert TOKEN not in output and TOKEN not in strict_output
+    assert not result.get("failed"), result
+    # in the order given, shaped like a loop of node_info: item + node, or item + msg
+    assert [r["item"] for r in result["results"]] == [n["name"] for n in nodes]
+    assert result["nodes"] == {"me-good": STATUS}
+    assert set(result["errors"]) == {"me-broken", "me-hung", "me-wrong", "me-partial"}
+    assert "answered 500" in result["errors"]["me-broken"] and "disk full" in result["errors"]["me-broken"]
+    assert "1 s" in result["errors"]["me-hung"] or "timed out" in result["errors"]["me-hung"]
+    assert "is a wallet-signer node, not matching-engine" in result["errors"]["me-wrong"]
+    assert "answered without component, ready" in result["errors"]["me-partial"]
+    assert all("node" not in r for r in result["results"] if r["item"] != "me-good")
+    # fail_on_error: the task fails, naming how many and which, and still returns what it read
+    assert strict["failed"] is True and strict["msg"].startswith("4 of 5 node(s) could not be read: me-broken: ")
+    assert "\n" not in strict["msg"] and strict["nodes"] == {"me-good": STATUS}
+    assert good.seen[0].headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_fleet_info_component_option_overrides_the_nodes_and_every_node_is_read_once(tmp_path: Path) -> None:
+    with serving(answer(200, STATUS)) as a, serving(answer(200, {**STATUS, "name": "me-2"})) as b:
+        nodes = [{"name": "me-1", "url": a.url, "token": TOKEN, "component": "matching-engine"},
+                 {"name": "me-2", "url": b.url, "token": TOKEN, "component": "matching-engine"}]
+        result, _ = run_fleet_info(tmp_path, nodes=nodes, component="wallet-signer", concurrency=1)
+    assert set(result["errors"]) == {"me-1", "me-2"}, result
+    assert (len(a.seen), len(b.seen)) == (1, 1)
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    ({"nodes": [{"name": "a", "url": "http://127.0.0.1:1", "token": TOKEN}] * 2}, "nodes names a more than once"),
+    ({"nodes": [], "concurrency": 0}, "concurrency=0: give 1 or more"),
+    ({"nodes": [{"name": "a", "url": "http://127.0.0.1:1"}]}, "token"),
+])
+def test_fleet_info_refuses_bad_options_with_one_line(tmp_path: Path, args: dict[str, Any], words: str) -> None:
+    result, output = run_fleet_info(tmp_path, **args)
+    assert result.get("failed") is True and words in result["msg"] and "\n" not in result["msg"], result
+    assert TOKEN not in output
+
+
+def test_fleet_info_mutual_tls_per_node(tmp_path: Path, pki: Pki) -> None:
+    tls = {"ca_path": str(pki.ca), "client_cert": str(pki.client_cert), "client_key": str(pki.client_key)}
+    with serving(answer(200, STATUS), tls=pki.server_context()) as node:
+        result, _ = run_fleet_info(tmp_path, nodes=[
+            {"name": "with-cert", "url": node.url, "token": TOKEN, **tls},
+            {"name": "without", "url": node.url, "token": TOKEN, "ca_path": str(pki.ca)}])
+    assert result["nodes"] == {"with-cert": STATUS}
+    assert "client_cert" in result["errors"]["without"]
+    assert len(node.seen) == 1
