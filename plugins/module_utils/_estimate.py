@@ -6,9 +6,12 @@
 
 The plan mirrors ``playbooks/rolling_patch.yml``: the canary (the first matching standby) alone, then the canary
 shard handed over to it and baked under client traffic; the other standbys in batches of ``serial[1:]`` (or
-``serial``); the primaries in batches of ``serial``, each after a switchover (step-down, promote its patched standby,
-gate it under traffic); the wallet nodes one at a time (pause withdrawals, let in-flight signing finish), the first
-with the canary bake. Nodes of one batch run in parallel; batches, phases and wallets follow each other.
+``serial``), with the canary shard's old primary among them (the handover made it a standby); the other primaries in
+batches of ``serial``, each after a switchover (step-down, promote its patched standby, gate it under traffic); the
+wallet nodes one at a time (pause withdrawals, let in-flight signing finish), the first with the canary bake. Nodes
+of one batch run in parallel; batches, phases and wallets follow each other. The plan gives counts, not which shard's
+primary is pending: when the canary's is not (a rerun), the run patches one more primary and one standby fewer, so
+the estimate is the longer of the two ways.
 
 Every step is budgeted at its limit, not its typical time: a node's restart estimate, then its health gate up to
 its timeout, then its bake. The result is the longest a run that passes every gate takes, so a window the run could
@@ -155,12 +158,26 @@ def estimate_run(plan: Plan, phase: str = "canary", done: int = 0) -> Estimate:
     if phase not in PHASES:
         raise PlanError(f"progress.phase: {phase!r} is not a phase; use one of {', '.join(PHASES)}")
     _count("progress.done", done)
-    position = PHASES.index(phase)
-    totals = {"canary": min(plan.standbys, 1), "canary_switchover": min(plan.standbys, 1),
-              "standbys": max(plan.standbys - 1, 0), "primaries": plan.primaries, "wallets": plan.wallets}
-    if done > totals[phase] or (phase.startswith("canary") and done):
-        raise PlanError(f"progress.done: {done} nodes of the {phase} phase are done but it has {totals[phase]}; "
+    # the canary shard's primary, a standby once the canary took over, is patched in the standbys phase
+    ways = {moved: _totals(plan, moved) for moved in {1 if plan.standbys and plan.primaries else 0, 0}}
+    most = max(t[phase] for t in ways.values())
+    if done > most or (phase.startswith("canary") and done):
+        raise PlanError(f"progress.done: {done} nodes of the {phase} phase are done but it has {most}; "
                         "count only the nodes of this phase patched by earlier batches")
+    return max((_estimate(plan, phase, done, totals) for totals in ways.values() if done <= totals[phase]),
+               key=lambda e: e.seconds)
+
+
+def _totals(plan: Plan, moved: int) -> dict[str, int]:
+    """Nodes per phase, with ``moved`` primaries (0 or 1) patched in the standbys phase."""
+    return {"canary": min(plan.standbys, 1), "canary_switchover": min(plan.standbys, 1),
+            "standbys": max(plan.standbys - 1, 0) + moved, "primaries": plan.primaries - moved,
+            "wallets": plan.wallets}
+
+
+def _estimate(plan: Plan, phase: str, done: int, totals: dict[str, int]) -> Estimate:
+    """estimate_run for one way of splitting the nodes into phases (``totals``)."""
+    position = PHASES.index(phase)
     p = plan
     node = p.seconds_per_node + p.gate_timeout
     node_text = f"restart {p.seconds_per_node} s + gate up to {p.gate_timeout} s"
@@ -178,8 +195,8 @@ def estimate_run(plan: Plan, phase: str = "canary", done: int = 0) -> Estimate:
         if sizes:
             steps.append(Step("standbys", sum(sizes), tuple(sizes), len(sizes) * (node + p.bake),
                               f"{_batches(sizes)} × ({node_text} + bake {p.bake} s)"))
-    if position <= 3 and p.primaries:
-        sizes = _left(batch_sizes(p.primaries, p.serial), done if phase == "primaries" else 0)
+    if position <= 3 and totals["primaries"]:
+        sizes = _left(batch_sizes(totals["primaries"], p.serial), done if phase == "primaries" else 0)
         if sizes:
             each = switch + p.traffic_bake + node + p.bake
             steps.append(Step("primaries", sum(sizes), tuple(sizes), len(sizes) * each,

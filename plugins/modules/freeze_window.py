@@ -64,8 +64,10 @@ options:
     description:
       - The rollout's plan, to estimate its duration as C(playbooks/rolling_patch.yml) runs it, that is the
         canary (the first standby) and the switchover of its shard, the other standbys in batches of
-        O(plan.serial) without its first size, the primaries in batches of O(plan.serial) each after
-        a switchover, the wallet nodes one at a time. Every gate counts at its timeout, so the
+        O(plan.serial) without its first size (with the canary shard's old primary, a standby once the
+        canary took over), the other primaries in batches of O(plan.serial) each after a switchover,
+        the wallet nodes one at a time. The counts do not say whether the canary shard's primary is
+        pending, so both splits are estimated and the longer counts. Every gate counts at its timeout, so the
         estimate is the longest a run whose gates pass takes.
       - Exactly one of O(duration) and O(plan) is required.
     type: dict

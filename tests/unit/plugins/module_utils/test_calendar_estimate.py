@@ -149,3 +149,19 @@ def test_bad_progress_is_refused(phase, done, says):
 
 def test_parse_serial_takes_a_single_size():
     assert parse_serial(3) == (3,)
+
+
+def test_the_canary_shards_old_primary_is_budgeted_with_the_standbys_or_the_primaries_whichever_is_longer():
+    # rolling_patch.yml patches the canary shard's old primary (a standby once the canary took over) in the
+    # standbys phase; the plan's counts cannot say whether that primary is pending, so both ways are budgeted
+    # and the longer one counts
+    plan = Plan(standbys=3, primaries=3)
+    est = estimate_run(plan)
+    # standbys phase: 2 others + the old primary = [2, 1]; primaries: 2 = [1, 1]
+    assert phases(est)["standbys"][0] == (2, 1) and phases(est)["primaries"][0] == (1, 1)
+    # two primaries (with the canary's old primary among them) would be one standby batch fewer: shorter
+    assert phases(estimate_run(Plan(standbys=2, primaries=2)))["primaries"][0] == (1, 1)
+    # the standbys phase may now count one more node than the other standbys
+    assert estimate_run(plan, "standbys", 3).steps[0].phase == "primaries"
+    with pytest.raises(PlanError, match="4 nodes of the standbys phase are done but it has 3"):
+        estimate_run(plan, "standbys", 4)
