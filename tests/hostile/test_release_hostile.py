@@ -23,6 +23,7 @@ import pytest
 
 from testbed.release import BuiltRelease, build_release, ensure_signing_key, sign, stage_release
 from tests.integration.test_release_modules import snapshot
+from tests.testbed.nodes import loopback_net
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -226,7 +227,8 @@ def test_a_truthful_entry_and_an_allowed_downgrade_pass(tmp_path, signed):
 def fleet(tmp_path_factory):
     from testbed import fleet as tb
 
-    with tb.running(tmp_path_factory.mktemp("hostile-release"), shards=1, wallets=1, net=200 + os.getpid() % 10) as f:
+    with tb.running(tmp_path_factory.mktemp("hostile-release"), shards=1, wallets=1,
+                    net=loopback_net("hostile-release")) as f:
         yield f
 
 

@@ -19,6 +19,7 @@ from ansible_collections.exchangeops.patching.plugins.module_utils import _appro
 
 from testbed import fleet as tb
 from testbed.release import build_release
+from tests.testbed.nodes import loopback_net
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -192,7 +193,7 @@ def test_approve_store_without_the_postgresql_store_is_bad_input_and_the_file_is
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    with tb.running(tmp_path_factory.mktemp("approvals"), shards=1, wallets=1, net=40 + os.getpid() % 100) as f:
+    with tb.running(tmp_path_factory.mktemp("approvals"), shards=1, wallets=1, net=loopback_net("approvals")) as f:
         yield f
 
 

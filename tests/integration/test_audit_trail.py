@@ -22,6 +22,7 @@ import yaml
 
 from testbed import fleet as tb
 from testbed.release import build_release
+from tests.testbed.nodes import loopback_net
 
 REDACTED = "<redacted>"
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.fleet
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-NET = 63
+NET = loopback_net("audit-trail")
 CVE = "CVE-2026-31337"  # KEV dateAdded 2026-11-18 in feeds/kev.json
 FEEDS = sorted(str(p) for p in (REPO / "feeds").iterdir() if p.is_file())
 VAULT_PASSWORD = "vault-pass-7f3e91c2"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from testbed import fleet as tb
+from tests.testbed.nodes import loopback_net
 
 pytestmark = pytest.mark.fleet
 
@@ -24,7 +25,7 @@ def test_the_demo_runs_twice_in_a_row(tmp_path):
     root = tmp_path / "testbed"
     home = tmp_path / "home"
     home.mkdir()
-    env = {**os.environ, "EXCHPATCH_TESTBED_DIR": str(root), "EXCHPATCH_TESTBED_NET": str(150 + os.getpid() % 90),
+    env = {**os.environ, "EXCHPATCH_TESTBED_DIR": str(root), "EXCHPATCH_TESTBED_NET": str(loopback_net("demo")),
            "EXCHPATCH_DATA_DIR": str(tmp_path / "data"), "HOME": str(home), "EXCHPATCH_DEMO_SHARDS": "1",
            "EXCHPATCH_DEMO_WALLETS": "1", "EXCHPATCH_DEMO_BAKE": "2"}
     env.pop("EXCHPATCH_AUDIT_FILE", None)

@@ -20,6 +20,7 @@ import pytest
 
 from testbed import fleet as tb
 from testbed.release import build_release
+from tests.testbed.nodes import loopback_net
 
 pytestmark = pytest.mark.fleet
 
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    with tb.running(tmp_path_factory.mktemp("driver"), shards=1, wallets=1, net=150 + (os.getpid() + 40) % 90) as f:
+    with tb.running(tmp_path_factory.mktemp("driver"), shards=1, wallets=1, net=loopback_net("driver")) as f:
         yield f
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from testbed import fleet as tb
 from tests.integration.test_rolling_patch import build, versions
+from tests.testbed.nodes import loopback_net
 
 pytestmark = pytest.mark.fleet
 
@@ -32,7 +33,7 @@ ENV = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOL
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     with tb.running(tmp_path_factory.mktemp("fencing"), shards=1, wallets=1,
-                    net=150 + (os.getpid() + 55) % 90) as f:
+                    net=loopback_net("fencing")) as f:
         yield f
 
 

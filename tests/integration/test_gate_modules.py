@@ -1,10 +1,10 @@
 """health_gate and node_action run for real (ansible-playbook) against real testbed nodes.
 
-Every scenario starts its own node processes (tests/testbed/nodes.py) on private loopback
-addresses, sends client traffic from a background thread so the metrics have data, runs a
-temporary playbook through ansible-playbook with the JSON stdout callback, and checks both
-the task results and that no admin token ever appears in Ansible's output. Tokens reach the
-playbook through a vars file, never through a command line.
+Every scenario starts its own node processes (the fixtures of tests/testbed/node_fixtures.py)
+on private loopback addresses, sends client traffic from a background thread so the metrics
+have data, runs a temporary playbook through ansible-playbook with the JSON stdout callback,
+and checks both the task results and that no admin token ever appears in Ansible's output.
+Tokens reach the playbook through a vars file, never through a command line.
 """
 
 from __future__ import annotations
@@ -23,25 +23,15 @@ from typing import Any
 
 import pytest
 
-from tests.testbed.nodes import NodeProc, make_node, next_address
+from tests.testbed.node_fixtures import MARKETS, NodeFactory, PairFactory
+from tests.testbed.nodes import NodeProc, make_node, status, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
-MARKETS = ["BTC-USD", "ETH-USD"]
-REPLICATION_TOKEN = "gate-test-replication-token"
 WALLET_DEPOSITS = {"BTC": 1_000_000, "ETH": 500_000}
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProc]]:
-    """Every node a test makes is registered here and killed at teardown."""
-    made: list[NodeProc] = []
-    yield made
-    for n in made:
-        n.kill()
 
 
 @pytest.fixture
@@ -106,31 +96,6 @@ class Traffic(threading.Thread):
         self.join(timeout=10)
 
 
-def matching_pair(tmp_path: Path, nodes: list[NodeProc], fault_b: str | None = None) -> tuple[NodeProc, NodeProc]:
-    """A primary (me-a) and a standby (me-b) of one shard, started and in sync."""
-    addr_a, addr_b = next_address(), next_address()
-    common: dict[str, Any] = {"replication_token": REPLICATION_TOKEN, "shard": 0, "markets": MARKETS}
-    a = make_node(tmp_path, "me-a", "matching-engine", address=addr_a, initial_role="primary",
-                  peer={"name": "me-b", "url": f"http://{addr_b}:8080"}, **common)
-    b = make_node(tmp_path, "me-b", "matching-engine", fault=fault_b, address=addr_b, initial_role="standby",
-                  peer={"name": "me-a", "url": f"http://{addr_a}:8080"}, **common)
-    nodes.extend([a, b])
-    a.start()
-    b.start()
-    a.wait_ready(role="primary")
-    b.wait_ready()
-    return a, b
-
-
-def single(tmp_path: Path, nodes: list[NodeProc], name: str, start: bool = True, **kw: Any) -> NodeProc:
-    node = make_node(tmp_path, name, "matching-engine", shard=0, markets=MARKETS, **kw)
-    nodes.append(node)
-    if start:
-        node.start()
-        node.wait_ready()
-    return node
-
-
 def wallet(tmp_path: Path, nodes: list[NodeProc], name: str, fault: str | None = None) -> NodeProc:
     node = make_node(tmp_path, name, "wallet-signer", fault=fault, chains=["BTC", "ETH"],
                      chain_dir=str(tmp_path / name / "chains"), initial_deposits=dict(WALLET_DEPOSITS),
@@ -148,22 +113,6 @@ def restart_on(node: NodeProc, version: str, fault: str | None = None,
     node.install(version, fault, fault_params)
     node.start()
     node.wait_up()
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = cond()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def status(node: NodeProc) -> dict[str, Any]:
-    code, body = node.admin("GET", "/v1/status")
-    assert code == 200, body
-    return body
 
 
 def after_status_reads(node: NodeProc, reads: int, then: Callable[[], Any], poll: float,
@@ -252,8 +201,8 @@ def gates_of(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_good_release_passes_every_gate_through_a_switchover(
-        tmp_path: Path, nodes: list[NodeProc], traffic: Callable[..., Traffic]) -> None:
-    a, b = matching_pair(tmp_path, nodes)
+        tmp_path: Path, matching_pair: PairFactory, traffic: Callable[..., Traffic]) -> None:
+    a, b = matching_pair()
     load = traffic([a, b])
     play = Play(tmp_path, {"a": a, "b": b})
     wait_for(lambda: load.ok >= 20, "client traffic")
@@ -326,14 +275,14 @@ def test_good_release_passes_every_gate_through_a_switchover(
     assert status(b)["market_modes"] == {"BTC-USD": "open", "ETH-USD": "open"}
 
 
-def test_never_ready_stopped_and_refused_nodes_fail(tmp_path: Path, nodes: list[NodeProc]) -> None:
-    good = single(tmp_path, nodes, "me-good")
-    never = single(tmp_path, nodes, "me-never", fault="never-ready", start=False)
+def test_never_ready_stopped_and_refused_nodes_fail(tmp_path: Path, matching_node: NodeFactory) -> None:
+    good = matching_node("me-good")
+    never = matching_node("me-never", fault="never-ready", start=False)
     never.start()
     never.wait_up()
-    gone = single(tmp_path, nodes, "me-gone")
+    gone = matching_node("me-gone")
     gone.kill()
-    victim = single(tmp_path, nodes, "me-victim")
+    victim = matching_node("me-victim")
     killer = threading.Thread(target=kill_after_status_reads, args=(victim, 3), daemon=True)
     killer.start()
     play = Play(tmp_path, {"good": good, "never": never, "gone": gone, "victim": victim},
@@ -390,9 +339,9 @@ TRAFFIC_CHECKS = ["ready", "version", "error_rate", "p99"]
 
 
 def test_latency_release_fails_p99_against_a_control_and_against_the_baseline(
-        tmp_path: Path, nodes: list[NodeProc], traffic: Callable[..., Traffic]) -> None:
-    node = single(tmp_path, nodes, "me-lat")
-    control = single(tmp_path, nodes, "me-ctl")
+        tmp_path: Path, matching_node: NodeFactory, traffic: Callable[..., Traffic]) -> None:
+    node = matching_node("me-lat")
+    control = matching_node("me-ctl")
     load = traffic([node])
     control_load = traffic([control])
     play = Play(tmp_path, {"n": node, "c": control})
@@ -429,10 +378,10 @@ def test_latency_release_fails_p99_against_a_control_and_against_the_baseline(
     assert "against the pre-rollout baseline: no control" in gates_of(slow_vs_baseline)["p99"]["evidence"]
 
 
-def test_healthy_node_passes_against_a_healthy_control(tmp_path: Path, nodes: list[NodeProc],
+def test_healthy_node_passes_against_a_healthy_control(tmp_path: Path, matching_node: NodeFactory,
                                                        traffic: Callable[..., Traffic]) -> None:
-    node = single(tmp_path, nodes, "me-new")
-    control = single(tmp_path, nodes, "me-ctl")
+    node = matching_node("me-new")
+    control = matching_node("me-ctl")
     traffic([node])
     traffic([control])
     play = Play(tmp_path, {"n": node, "c": control})
@@ -450,9 +399,9 @@ def test_healthy_node_passes_against_a_healthy_control(tmp_path: Path, nodes: li
     assert "no control" not in g["p99"]["evidence"]
 
 
-def test_traffic_stopped_mid_gate_is_inconclusive_not_passed(tmp_path: Path, nodes: list[NodeProc],
+def test_traffic_stopped_mid_gate_is_inconclusive_not_passed(tmp_path: Path, matching_node: NodeFactory,
                                                              traffic: Callable[..., Traffic]) -> None:
-    node = single(tmp_path, nodes, "me-quiet")
+    node = matching_node("me-quiet")
     load = traffic([node])
     play = Play(tmp_path, {"n": node})
     wait_for(lambda: load.ok >= 20, "client traffic")
@@ -476,9 +425,9 @@ def test_traffic_stopped_mid_gate_is_inconclusive_not_passed(tmp_path: Path, nod
     assert any("inconclusive" in w for w in quiet.get("warnings", []))
 
 
-def test_state_divergence_standby_fails_state_hash_while_orders_flow(tmp_path: Path, nodes: list[NodeProc],
+def test_state_divergence_standby_fails_state_hash_while_orders_flow(tmp_path: Path, matching_pair: PairFactory,
                                                                      traffic: Callable[..., Traffic]) -> None:
-    a, b = matching_pair(tmp_path, nodes, fault_b="state-divergence")
+    a, b = matching_pair(fault_b="state-divergence")
     load = traffic([a])
     play = Play(tmp_path, {"a": a, "b": b})
     wait_for(lambda: load.ok >= 30, "client traffic")
@@ -536,11 +485,11 @@ def test_wallet_ledger_gate_and_withdrawal_actions(tmp_path: Path, nodes: list[N
 
 
 def test_a_thin_baseline_samples_on_until_the_minimum_and_a_silent_one_does_not(
-        tmp_path: Path, nodes: list[NodeProc], traffic: Callable[..., Traffic]) -> None:
+        tmp_path: Path, matching_node: NodeFactory, traffic: Callable[..., Traffic]) -> None:
     # the last batch of a rollout has no control left: its gates judge against the baseline, which
     # must hold min_requests for them to reach a verdict
-    busy = single(tmp_path, nodes, "me-thin")
-    silent = single(tmp_path, nodes, "me-silent")
+    busy = matching_node("me-thin")
+    silent = matching_node("me-silent")
     load = traffic([busy])
     wait_for(lambda: load.ok >= 5, "client traffic")
     play = Play(tmp_path, {"b": busy, "s": silent})

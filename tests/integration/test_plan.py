@@ -152,9 +152,10 @@ def test_bad_now_and_bad_facts_exit_2(tmp_path, facts):
 @pytest.mark.fleet
 def test_live_plan_reads_every_node(tmp_path):
     from testbed import fleet as tb
+    from tests.testbed.nodes import loopback_net
 
     root = tmp_path / "tb"
-    f = tb.up(root, shards=1, wallets=1, net=150 + (os.getpid() + 60) % 90)
+    f = tb.up(root, shards=1, wallets=1, net=loopback_net("plan"))
     try:
         res = exchpatch("plan", *feed_args(FEEDS), "--catalog", CATALOG, "--inventory", f.inventory_dir,
                         "--now", NOW, "--json")

@@ -81,14 +81,6 @@ def pubkey(dirs: dict[str, Path]) -> str:
     return ensure_signing_key(dirs["keys"])[1].read_text()
 
 
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProc]]:
-    started: list[NodeProc] = []
-    yield started
-    for node in started:
-        node.stop()
-
-
 def build(dirs: dict[str, Path], version: str, component: str = COMPONENT) -> BuiltRelease:
     return build_release(dirs["out"], dirs["keys"], dirs["catalog"], component, version)
 

@@ -18,6 +18,7 @@ import yaml
 
 from testbed import fleet as tb
 from tests.integration.test_rolling_patch import assert_nothing_lost, under_load
+from tests.testbed.nodes import loopback_net
 
 pytestmark = pytest.mark.fleet
 
@@ -80,7 +81,7 @@ ROLE_PLAY = [{
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     with tb.running(tmp_path_factory.mktemp("switchover"), shards=3, wallets=1,
-                    net=150 + (os.getpid() + 75) % 90) as f:
+                    net=loopback_net("switchover")) as f:
         yield f
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.client import HTTPException
 from pathlib import Path
@@ -23,14 +25,78 @@ from typing import Any
 
 from testbed.release import stage_release
 
-# A private loopback /16 per test process so parallel runs and a live demo testbed never collide.
-_NET = 100 + os.getpid() % 100
+# Each user of a loopback /16 gets its own block of second octets (see loopback_net).
+NET_BLOCKS: dict[str, range] = {
+    "nodes": range(1, 11),
+    "fleet": range(11, 21),
+    "fleet-cli": range(21, 31),
+    "demo": range(31, 41),
+    "plan": range(41, 51),
+    "approvals": range(51, 61),
+    "audit-trail": range(78, 88),
+    "switchover": range(88, 98),
+    "fencing": range(98, 108),
+    "driver": range(108, 118),
+    "hostile-release": range(118, 128),
+    "gates-at-scale": range(128, 138),
+    "rolling-patch": range(138, 148),
+}
+# Second octets no block may use, and who holds them.
+NETS_KEPT_CLEAR: dict[str, range] = {
+    "molecule scenarios (MOLECULE_TESTBED_NET default)": range(61, 62),
+    "the bench (bench/rollout.py, default 62/63)": range(62, 64),
+    "capture() in tests/unit/plugins/module_utils/test__report.py": range(67, 68),
+    "the demo testbed (testbed.fleet.DEFAULT_NET)": range(77, 78),
+    "test_gates_at_scale.py and test_rolling_patch.py, by pid until they use loopback_net": range(150, 240),
+}
+_WORKER = re.compile(r"gw(\d+)")
 _HOSTS = itertools.count(1)
 
 
+def loopback_net(purpose: str) -> int:
+    """The second octet of the loopback /16 (127.<octet>.0.0/16) this test process uses for ``purpose``.
+
+    Under pytest-xdist the worker's number (PYTEST_XDIST_WORKER=gw0, gw1, ...) picks the octet,
+    so workers gw0 to gw9 never share a network; without xdist the process id does, as before
+    (two separate pytest runs can still meet, one time in ten). Blocks never overlap, so two
+    users in one process never collide either:
+
+    ===============  =========  =================================================
+    purpose          octets     user
+    ===============  =========  =================================================
+    nodes            1-10       tests/testbed/nodes.py (single nodes, next_address)
+    fleet            11-20      tests/testbed/test_fleet.py, the module fleet
+    fleet-cli        21-30      tests/testbed/test_fleet.py, exchpatch testbed up/down
+    demo             31-40      tests/integration/test_demo.py
+    plan             41-50      tests/integration/test_plan.py
+    approvals        51-60      tests/integration/test_approvals.py
+    audit-trail      78-87      tests/integration/test_audit_trail.py
+    switchover       88-97      tests/integration/test_switchover.py
+    fencing          98-107     tests/integration/test_fencing.py
+    driver           108-117    tests/integration/test_driver.py
+    hostile-release  118-127    tests/hostile/test_release_hostile.py
+    gates-at-scale   128-137    reserved for tests/integration/test_gates_at_scale.py
+    rolling-patch    138-147    reserved for tests/integration/test_rolling_patch.py
+    ===============  =========  =================================================
+
+    Never used: 61 (molecule), 62 and 63 (the bench), 67 (the report fixtures' capture),
+    77 (the demo testbed), 150-239 (still picked by pid in test_gates_at_scale.py and
+    test_rolling_patch.py). Free for a new user: 64-66, 68-76, 148-149, 240-254.
+    """
+    try:
+        block = NET_BLOCKS[purpose]
+    except KeyError:
+        raise ValueError(f"no loopback block for {purpose!r}; add one to NET_BLOCKS "
+                         f"(taken: {', '.join(NET_BLOCKS)})") from None
+    worker = _WORKER.fullmatch(os.environ.get("PYTEST_XDIST_WORKER", ""))
+    index = int(worker.group(1)) if worker else os.getpid()
+    return block[index % len(block)]
+
+
 def next_address() -> str:
+    """A fresh address for one node, on this process's node network (loopback_net("nodes"))."""
     n = next(_HOSTS)
-    return f"127.{_NET}.{200 + n // 250}.{n % 250 + 1}"
+    return f"127.{loopback_net('nodes')}.{200 + n // 250}.{n % 250 + 1}"
 
 
 def http(method: str, url: str, body: Any = None, token: str | None = None,
@@ -168,3 +234,28 @@ def make_node(base: Path, name: str, component: str, version: str = "1.0.0",
     node = NodeProc(root, config, token)
     node.install(version, fault, fault_params)
     return node
+
+
+def wait_for(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    """Poll ``cond()`` until it returns something truthy, and return that.
+
+    An OSError from ``cond`` (ConnectionError included: a node restarting, or cut off
+    mid-answer) counts as "not yet". Fails naming ``what`` after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = cond()
+        except OSError:
+            result = None
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def status(node: NodeProc) -> dict[str, Any]:
+    """The node's /v1/status (admin); fails the test on any answer but 200."""
+    code, body = node.admin("GET", "/v1/status")
+    assert code == 200, body
+    return body

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +23,14 @@ COMPONENTS = {
 }
 
 
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[list[NodeProc]]:
-    made: list[NodeProc] = []
-    yield made
-    for n in made:
-        n.kill()
-
-
-def _node(tmp_path: Path, started: list[NodeProc], component: str, fault: str | None,
+def _node(tmp_path: Path, nodes: list[NodeProc], component: str, fault: str | None,
           params: dict[str, float] | None = None) -> NodeProc:
     extra: dict[str, Any] = dict(COMPONENTS[component])
     if component == "wallet-signer":
         extra["chain_dir"] = str(tmp_path / "chains")
     node = make_node(tmp_path, f"{component}-{fault or 'good'}", component, fault=fault, fault_params=params,
                      **extra)
-    started.append(node.start())
+    nodes.append(node.start())
     node.wait_up()
     return node
 
@@ -62,18 +53,18 @@ def _slow_client_requests(node: NodeProc) -> int:
 
 
 @pytest.mark.parametrize("component", sorted(COMPONENTS))
-def test_crash_release_exits_on_its_own(tmp_path, started, component):
-    node = _node(tmp_path, started, component, "crash", {"crash_after_s": 0.5})
+def test_crash_release_exits_on_its_own(tmp_path, nodes, component):
+    node = _node(tmp_path, nodes, component, "crash", {"crash_after_s": 0.5})
     assert node.proc is not None
     assert node.proc.wait(timeout=15) == 70
     assert "release fault: crash" in node.log.read_text()
 
 
 @pytest.mark.parametrize("component", sorted(COMPONENTS))
-def test_never_ready_release_is_alive_but_never_ready(tmp_path, started, component):
-    good = _node(tmp_path, started, component, None)
+def test_never_ready_release_is_alive_but_never_ready(tmp_path, nodes, component):
+    good = _node(tmp_path, nodes, component, None)
     good.wait_ready()
-    bad = _node(tmp_path, started, component, "never-ready")
+    bad = _node(tmp_path, nodes, component, "never-ready")
     assert http("GET", bad.url + "/v1/health")[0] == 200
     with pytest.raises(AssertionError, match="not ready"):
         bad.wait_ready(timeout=3)
@@ -83,8 +74,8 @@ def test_never_ready_release_is_alive_but_never_ready(tmp_path, started, compone
 
 
 @pytest.mark.parametrize("component", sorted(COMPONENTS))
-def test_slow_start_release_gets_ready_only_after_its_delay(tmp_path, started, component):
-    node = _node(tmp_path, started, component, "slow-start", {"delay_s": 3.0})
+def test_slow_start_release_gets_ready_only_after_its_delay(tmp_path, nodes, component):
+    node = _node(tmp_path, nodes, component, "slow-start", {"delay_s": 3.0})
     code, body = http("GET", node.url + "/v1/ready")
     assert code == 503 and body["reason"] == "starting"
     node.wait_ready(timeout=20)
@@ -94,9 +85,9 @@ def test_slow_start_release_gets_ready_only_after_its_delay(tmp_path, started, c
 
 
 @pytest.mark.parametrize("component", sorted(COMPONENTS))
-def test_latency_release_slows_every_client_request(tmp_path, started, component):
-    good = _node(tmp_path, started, component, None)
-    slow = _node(tmp_path, started, component, "latency", {"latency_ms": 150})
+def test_latency_release_slows_every_client_request(tmp_path, nodes, component):
+    good = _node(tmp_path, nodes, component, None)
+    slow = _node(tmp_path, nodes, component, "latency", {"latency_ms": 150})
     good.wait_ready()
     slow.wait_ready()
     for i in range(10):

@@ -21,15 +21,12 @@ import yaml
 
 from testbed import fleet as tb
 from testbed.loadgen import LoadTarget, run_load
+from tests.testbed.nodes import loopback_net
 
 pytestmark = pytest.mark.fleet
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _net(offset: int) -> int:
-    return 150 + (os.getpid() + offset) % 90
 
 
 def _cli(root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -41,7 +38,7 @@ def _cli(root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedPr
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     root = tmp_path_factory.mktemp("fleet")
-    f = tb.up(root, shards=2, wallets=2, net=_net(0))
+    f = tb.up(root, shards=2, wallets=2, net=loopback_net("fleet"))
     try:
         yield f
     finally:
@@ -229,7 +226,7 @@ def test_cli_bad_input_exit_codes(fleet):
 
 def test_up_then_down_leaves_nothing_behind(tmp_path):
     root = tmp_path / "small"
-    net = _net(40)
+    net = loopback_net("fleet-cli")
     env = {**os.environ, "EXCHPATCH_TESTBED_DIR": str(root), "EXCHPATCH_TESTBED_NET": str(net)}
     res = subprocess.run([str(BIN / "exchpatch"), "testbed", "up", "--shards", "1", "--wallets", "1", "--json"],
                          capture_output=True, text=True, env=env, timeout=120, check=False)

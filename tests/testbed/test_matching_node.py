@@ -8,83 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.testbed.nodes import NodeProc, http, make_node, next_address
-
-MARKETS = ["BTC-USD", "ETH-USD"]
-REPLICATION_TOKEN = "test-replication-token"
-COMPONENT = "matching-engine"
-
-Factory = Callable[..., NodeProc]
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[list[NodeProc]]:
-    """Every node a test makes is registered here and killed at teardown."""
-    made: list[NodeProc] = []
-    yield made
-    for n in made:
-        n.kill()
-
-
-@pytest.fixture
-def single(tmp_path: Path, nodes: list[NodeProc]) -> Factory:
-    def make(name: str = "me-solo", **kw: Any) -> NodeProc:
-        node = make_node(tmp_path, name, COMPONENT, shard=0, markets=MARKETS, **kw)
-        nodes.append(node)
-        return node
-
-    return make
-
-
-@pytest.fixture
-def pair(tmp_path: Path, nodes: list[NodeProc]) -> Callable[..., tuple[NodeProc, NodeProc]]:
-    """A primary (me-a) and a standby (me-b) of one shard, started and in sync."""
-
-    def make(fault_a: str | None = None, fault_b: str | None = None, start: bool = True) -> tuple[NodeProc, NodeProc]:
-        addr_a, addr_b = next_address(), next_address()
-        common: dict[str, Any] = {"replication_token": REPLICATION_TOKEN, "shard": 0, "markets": MARKETS}
-        a = make_node(tmp_path, "me-a", COMPONENT, fault=fault_a, address=addr_a, initial_role="primary",
-                      peer={"name": "me-b", "url": f"http://{addr_b}:8080"}, **common)
-        b = make_node(tmp_path, "me-b", COMPONENT, fault=fault_b, address=addr_b, initial_role="standby",
-                      peer={"name": "me-a", "url": f"http://{addr_a}:8080"}, **common)
-        nodes.extend([a, b])
-        if start:
-            a.start()
-            b.start()
-            a.wait_ready(role="primary")
-            b.wait_ready()
-            wait_for(lambda: status(a)["replication"]["state"] == "sync", "primary in sync")
-        return a, b
-
-    return make
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = cond()
-        except OSError:
-            result = None
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def status(node: NodeProc) -> dict[str, Any]:
-    code, body = node.admin("GET", "/v1/status")
-    assert code == 200, body
-    return body
+from tests.testbed.node_fixtures import MARKETS, NodeFactory, PairFactory
+from tests.testbed.nodes import NodeProc, http, status, wait_for
 
 
 def order(node: NodeProc, coid: str, side: str, price: int, qty: int, market: str = "BTC-USD") -> tuple[int, Any]:
@@ -126,8 +54,8 @@ def coids(node: NodeProc) -> set[str]:
 # --------------------------------------------------------------------------- single node
 
 
-def test_matching_price_time_priority_and_cancel(single: Factory) -> None:
-    node = single().start()
+def test_matching_price_time_priority_and_cancel(matching_node: NodeFactory) -> None:
+    node = matching_node()
     node.wait_ready(role="primary")
     ok_order(node, "s1", "sell", 100, 10)
     ok_order(node, "s2", "sell", 100, 5)
@@ -169,8 +97,8 @@ def test_matching_price_time_priority_and_cancel(single: Factory) -> None:
     assert status(node)["seq"] == 6  # rejected requests were never journaled
 
 
-def test_journal_replay_after_sigkill_and_idempotent_retry(single: Factory) -> None:
-    node = single().start()
+def test_journal_replay_after_sigkill_and_idempotent_retry(matching_node: NodeFactory) -> None:
+    node = matching_node()
     node.wait_ready(role="primary")
     acks = feed(node, "r", 40)
     resting = next(o for o in orders(node) if o["status"] in ("open", "partially_filled"))
@@ -198,8 +126,8 @@ def test_journal_replay_after_sigkill_and_idempotent_retry(single: Factory) -> N
     assert len(orders(node, MARKETS[1])) == len(before_orders[MARKETS[1]])
 
 
-def test_market_modes(single: Factory) -> None:
-    node = single().start()
+def test_market_modes(matching_node: NodeFactory) -> None:
+    node = matching_node()
     node.wait_ready(role="primary")
     ok_order(node, "ask", "sell", 100, 5)
     ok_order(node, "bid", "buy", 90, 5)
@@ -248,9 +176,8 @@ def test_market_modes(single: Factory) -> None:
     assert f"exchange_last_applied_sequence {status(node)['seq']}" in metrics
 
 
-def test_auth(single: Factory) -> None:
-    node = single().start()
-    node.wait_ready()
+def test_auth(matching_node: NodeFactory) -> None:
+    node = matching_node()
     admin_routes = [("GET", "/v1/status", None), ("GET", "/metrics", None),
                     ("POST", "/v1/markets/mode", {"mode": "halted"}),
                     ("POST", "/v1/ha/step-down", {}), ("POST", "/v1/ha/promote", {}),
@@ -273,8 +200,8 @@ def test_auth(single: Factory) -> None:
 # --------------------------------------------------------------------------- HA
 
 
-def test_standby_follows_failover_and_old_primary_rejoins(pair: Callable[..., tuple[NodeProc, NodeProc]]) -> None:
-    a, b = pair()
+def test_standby_follows_failover_and_old_primary_rejoins(matching_pair: PairFactory) -> None:
+    a, b = matching_pair()
     sb = status(b)
     assert (sb["ha_role"], sb["replication"]["state"], sb["ready"]) == ("standby", "following", True)
     assert b.client("POST", "/markets/BTC-USD/orders", {})[0] == 503
@@ -308,9 +235,8 @@ def test_standby_follows_failover_and_old_primary_rejoins(pair: Callable[..., tu
     assert same_state(a, b)
 
 
-def test_standby_down_primary_degrades_then_standby_catches_up(
-        pair: Callable[..., tuple[NodeProc, NodeProc]]) -> None:
-    a, b = pair()
+def test_standby_down_primary_degrades_then_standby_catches_up(matching_pair: PairFactory) -> None:
+    a, b = matching_pair()
     feed(a, "p", 5)
     b.kill()
     t0 = time.monotonic()
@@ -327,8 +253,8 @@ def test_standby_down_primary_degrades_then_standby_catches_up(
     assert same_state(a, b)
 
 
-def test_switchover_step_down_promote_loses_nothing(pair: Callable[..., tuple[NodeProc, NodeProc]]) -> None:
-    a, b = pair()
+def test_switchover_step_down_promote_loses_nothing(matching_pair: PairFactory) -> None:
+    a, b = matching_pair()
     feed(a, "s", 10)
     code, body = b.admin("POST", "/v1/ha/promote", {})
     assert code == 409 and body["error"] == "peer is still primary; step it down first"
@@ -355,8 +281,8 @@ def test_switchover_step_down_promote_loses_nothing(pair: Callable[..., tuple[No
     assert status(a)["ha_role"] == "standby"
 
 
-def test_divergent_tail_is_resynced(pair: Callable[..., tuple[NodeProc, NodeProc]]) -> None:
-    a, b = pair()
+def test_divergent_tail_is_resynced(matching_pair: PairFactory) -> None:
+    a, b = matching_pair()
     feed(a, "d", 8)
     b.kill()
     ok_order(a, "lost", "buy", 77, 1)  # acknowledged with local durability only, never replicated
@@ -376,8 +302,8 @@ def test_divergent_tail_is_resynced(pair: Callable[..., tuple[NodeProc, NodeProc
     assert kept and b'"lost"' in kept[0].read_bytes()  # never delete data
 
 
-def test_state_divergence_release(pair: Callable[..., tuple[NodeProc, NodeProc]], single: Factory) -> None:
-    a, b = pair(fault_b="state-divergence")
+def test_state_divergence_release(matching_pair: PairFactory, matching_node: NodeFactory) -> None:
+    a, b = matching_pair(fault_b="state-divergence")
     assert status(b)["fault"] == "state-divergence"
     feed(a, "x", 30)
     sa, sb = status(a), status(b)
@@ -386,8 +312,7 @@ def test_state_divergence_release(pair: Callable[..., tuple[NodeProc, NodeProc]]
     assert sb["ready"] is True  # it replays and serves normally; only its state is wrong
 
     # An independent unpatched node given the same orders reaches the primary's hash.
-    other = single("me-other").start()
-    other.wait_ready()
+    other = matching_node("me-other")
     feed(other, "x", 30)
     assert status(other)["state_hash"] == sa["state_hash"]
     # And the faulty node's hash is reproducible: it replays to the same wrong state.
@@ -423,8 +348,8 @@ def write_journal(path: Path, n: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_state_hash_at_sequence(pair: Callable[..., tuple[NodeProc, NodeProc]]) -> None:
-    a, b = pair(fault_b="state-divergence")
+def test_state_hash_at_sequence(matching_pair: PairFactory) -> None:
+    a, b = matching_pair(fault_b="state-divergence")
     seen: dict[int, str] = {}
     for i in range(24):
         side = "buy" if i % 3 else "sell"
@@ -459,8 +384,8 @@ def test_state_hash_at_sequence(pair: Callable[..., tuple[NodeProc, NodeProc]]) 
     assert http("GET", a.url + "/v1/state/hash?seq=1")[0] == 401
 
 
-def test_state_hash_replays_a_long_journal(single: Factory) -> None:
-    node = single()
+def test_state_hash_replays_a_long_journal(matching_node: NodeFactory) -> None:
+    node = matching_node(start=False)
     write_journal(Path(node.config["data_dir"]) / "journal.jsonl", 20_000)
     node.start()
     node.wait_ready(role="primary", timeout=60)
@@ -481,8 +406,8 @@ def fenced(token: int, scope: str = "shard-0", **body: Any) -> dict[str, Any]:
     return {**body, "fence": {"scope": scope, "token": token}}
 
 
-def test_fencing_refuses_a_lower_token_and_remembers_across_a_restart(single: Factory) -> None:
-    node = single().start()
+def test_fencing_refuses_a_lower_token_and_remembers_across_a_restart(matching_node: NodeFactory) -> None:
+    node = matching_node()
     node.wait_ready(role="primary")
     assert status(node)["fence"] == {}
     # no fence: an operator acting by hand is accepted, and no token is recorded

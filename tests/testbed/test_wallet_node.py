@@ -9,20 +9,20 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.testbed.nodes import NodeProc, http, make_node
+from tests.testbed.nodes import NodeProc, http, make_node, status, wait_for
 
 DEPOSITS = {"BTC": 1_000_000, "ETH": 500_000}
 
 
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., NodeProc]]:
-    nodes: list[NodeProc] = []
+def spawn(tmp_path: Path, nodes: list[NodeProc]) -> Callable[..., NodeProc]:
+    """Make a wallet-signer node under tmp_path; its chains are files shared by every node of the test."""
 
     def _spawn(name: str = "wallet-1", fault: str | None = None, start: bool = True, **extra: Any) -> NodeProc:
         config: dict[str, Any] = {
@@ -39,9 +39,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., NodeProc]]:
             node.wait_ready()
         return node
 
-    yield _spawn
-    for node in nodes:
-        node.stop()  # SIGTERM to the node's own process group only
+    return _spawn
 
 
 def chain_txs(node: NodeProc, chain: str) -> list[dict[str, Any]]:
@@ -49,22 +47,6 @@ def chain_txs(node: NodeProc, chain: str) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def status(node: NodeProc) -> dict[str, Any]:
-    code, body = node.admin("GET", "/v1/status")
-    assert code == 200, body
-    return body
 
 
 def withdraw(node: NodeProc, cwid: str, amount: int = 10, chain: str = "BTC") -> tuple[int, Any]:
@@ -97,7 +79,7 @@ def test_withdrawals_processed_exactly_once_and_balanced(spawn: Callable[..., No
         assert ack["status"] in ("queued", "signing", "processed")
         assert ack["chain"] == chain and ack["amount"] == 100 + i and ack["seq"] > 0
         acks[ack["withdrawal_id"]] = ack
-    wait_for(lambda: status(node)["processed"] == 12, what="12 processed")
+    wait_for(lambda: status(node)["processed"] == 12, "12 processed")
 
     by_chain = {c: [w for w, a in acks.items() if a["chain"] == c] for c in ("BTC", "ETH")}
     for chain, wids in by_chain.items():
@@ -156,7 +138,7 @@ def test_retry_of_client_withdrawal_id_is_idempotent(spawn: Callable[..., NodePr
     code, again = withdraw(node, "dup-1", amount=50)
     assert code == 200 and again["replayed"] is True
     assert again["withdrawal_id"] == first["withdrawal_id"] and again["seq"] == first["seq"]
-    wait_for(lambda: status(node)["processed"] == 1, what="processed")
+    wait_for(lambda: status(node)["processed"] == 1, "processed")
     # A retry after processing still returns the original, now processed, never a second withdrawal.
     code, late = withdraw(node, "dup-1", amount=50)
     assert code == 200 and late["replayed"] is True and late["status"] == "processed"
@@ -177,12 +159,12 @@ def test_pause_queues_survives_restart_and_resume_processes_all(spawn: Callable[
     node = spawn(signing_ms=150)
     for i in range(3):
         assert withdraw(node, f"p{i}")[0] == 200
-    wait_for(lambda: status(node)["in_flight"] == 1, what="a withdrawal in flight")
+    wait_for(lambda: status(node)["in_flight"] == 1, "a withdrawal in flight")
     code, paused = node.admin("POST", "/v1/withdrawals/pause")
     assert code == 200 and paused["withdrawals"] == "paused"
     assert paused["in_flight"] in (0, 1) and paused["queued"] >= 1
     # The in-flight withdrawal completes; nothing else is taken off the queue.
-    st = wait_for(lambda: (s := status(node))["in_flight"] == 0 and s, what="in_flight 0")
+    st = wait_for(lambda: (s := status(node))["in_flight"] == 0 and s, "in_flight 0")
     done = st["processed"]
     assert 1 <= done <= 2 and st["queued"] == 3 - done
     for i in range(3, 7):
@@ -206,7 +188,7 @@ def test_pause_queues_survives_restart_and_resume_processes_all(spawn: Callable[
 
     code, resumed = node.admin("POST", "/v1/withdrawals/resume")
     assert code == 200 and resumed["withdrawals"] == "running"
-    wait_for(lambda: status(node)["processed"] == 7, what="all 7 processed")
+    wait_for(lambda: status(node)["processed"] == 7, "all 7 processed")
     listing = node.client("GET", "/chains/BTC/withdrawals")[1]
     wids = [w["withdrawal_id"] for w in listing["withdrawals"]]
     assert len(wids) == 7
@@ -239,7 +221,7 @@ def test_sigkill_while_withdrawals_flow_loses_none_and_doubles_none(spawn: Calla
 
     t = threading.Thread(target=flow, args=("a",))
     t.start()
-    wait_for(lambda: status(node)["processed"] >= 8, what="some processed")
+    wait_for(lambda: status(node)["processed"] >= 8, "some processed")
     node.kill()
     t.join(timeout=10)
     assert not t.is_alive() and not refused, refused
@@ -252,7 +234,7 @@ def test_sigkill_while_withdrawals_flow_loses_none_and_doubles_none(spawn: Calla
         assert code == 200
         acked[cwid] = ack["withdrawal_id"]
     total = len(acked)
-    st = wait_for(lambda: (s := status(node))["queued"] + s["in_flight"] == 0 and s, timeout=30, what="queue drained")
+    st = wait_for(lambda: (s := status(node))["queued"] + s["in_flight"] == 0 and s, "queue drained", timeout=30)
     assert st["processed"] == total, (st, uncertain)
     for chain in ("BTC", "ETH"):
         assert_once_on_chain(node, chain, [w for w in acked.values() if f":{chain}:" in w])
@@ -307,7 +289,7 @@ def test_recovery_settles_signing_withdrawals_against_the_chain(spawn: Callable[
         nodes[name] = node
     for node in nodes.values():
         node.wait_ready()
-        wait_for(lambda n=node: status(n)["processed"] == 2, what="recovered withdrawals processed")
+        wait_for(lambda n=node: status(n)["processed"] == 2, "recovered withdrawals processed")
 
     txs = chain_txs(nodes["wallet-1"], "BTC")
     counts = Counter(tx["withdrawal_id"] for tx in txs)
@@ -325,7 +307,7 @@ def test_ledger_mismatch_release_reports_unbalanced(spawn: Callable[..., NodePro
     assert status(node)["fault"] == "ledger-mismatch"
     assert reconcile(node)["balanced"] is True  # nothing processed yet
     assert withdraw(node, "m1", amount=25)[0] == 200
-    wait_for(lambda: status(node)["processed"] == 1, what="processed")
+    wait_for(lambda: status(node)["processed"] == 1, "processed")
     rec = reconcile(node)
     assert rec["balanced"] is False
     btc = rec["chains"]["BTC"]

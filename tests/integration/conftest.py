@@ -1,0 +1,3 @@
+"""Node fixtures for the integration tests (defined once, in tests/testbed/node_fixtures.py)."""
+
+from tests.testbed.node_fixtures import matching_node, matching_pair, nodes  # noqa: F401 - fixtures
