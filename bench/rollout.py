@@ -226,7 +226,8 @@ def floor_plan(shards: int, ours_vars: dict[str, Any]) -> FloorPlan:
     """The plan of a rollout of ``shards`` unpatched shards with the playbook's defaults and ``ours_vars``.
 
     PlanError or ValueError names a bad value. Standbys and primaries are in inventory order, so the canary
-    (the first standby) is shard 0's and shard 0's primary, a standby since the canary switchover, comes first.
+    (the first standby) is shard 0's; shard 0's primary, a standby since the canary switchover, is patched in
+    the first batch of standbys (as playbooks/rolling_patch.yml does), so every batch of primaries switches over.
     """
     serial = parse_serial(ours_vars.get("rolling_serial", list(DEFAULT_SERIAL)))
     values: dict[str, int] = {}
@@ -241,12 +242,12 @@ def floor_plan(shards: int, ours_vars: dict[str, Any]) -> FloorPlan:
             values[name] = -1
         if isinstance(raw, bool) or values[name] < least:
             raise ValueError(f"{var}: {raw!r} is not a whole number of {least} or more")
-    primaries = batch_sizes(shards, serial)
+    primaries = batch_sizes(shards - 1, serial)
     return FloorPlan(
-        standby_batches=tuple(batch_sizes(shards - 1, serial[1:] or serial)),
+        # the other standbys and the canary shard's old primary
+        standby_batches=tuple(batch_sizes(shards, serial[1:] or serial)),
         primary_batches=tuple(primaries),
-        # only the first batch holds the canary shard's primary, which switches nothing
-        primary_switching=tuple(n - 1 if i == 0 else n for i, n in enumerate(primaries)),
+        primary_switching=tuple(primaries),
         **values)
 
 
