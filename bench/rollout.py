@@ -427,7 +427,8 @@ def measure_floor(f: tb.Fleet, floor: Floor) -> None:
     haproxy = RuntimeApi(f.haproxy_socket)
     for i in range(FLOOR_SAMPLES):
         floor.switchover_s.append(measure_switchover(haproxy, primary, standby))
-        floor.switchback_s.append(measure_switchover(haproxy, standby, primary))
+        # and back: the old standby is the primary now
+        floor.switchback_s.append(measure_switchover(haproxy, primary=standby, standby=primary))
         say(f"floor: switchover {i + 1}/{FLOOR_SAMPLES} of shard {primary.shard} to {standby.name} in "
             f"{floor.switchover_s[-1]:.3f} s, back to {primary.name} in {floor.switchback_s[-1]:.3f} s")
 

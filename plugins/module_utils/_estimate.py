@@ -159,7 +159,7 @@ def estimate_run(plan: Plan, phase: str = "canary", done: int = 0) -> Estimate:
         raise PlanError(f"progress.phase: {phase!r} is not a phase; use one of {', '.join(PHASES)}")
     _count("progress.done", done)
     # the canary shard's primary, a standby once the canary took over, is patched in the standbys phase
-    ways = {moved: _totals(plan, moved) for moved in {1 if plan.standbys and plan.primaries else 0, 0}}
+    ways = {moved: _totals(plan, moved) for moved in (1 if plan.standbys and plan.primaries else 0, 0)}
     most = max(t[phase] for t in ways.values())
     if done > most or (phase.startswith("canary") and done):
         raise PlanError(f"progress.done: {done} nodes of the {phase} phase are done but it has {most}; "

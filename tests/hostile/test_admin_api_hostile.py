@@ -220,9 +220,10 @@ def test_fleet_info_component_option_overrides_the_nodes_and_every_node_is_read_
     with serving(answer(200, STATUS)) as a, serving(answer(200, {**STATUS, "name": "me-2"})) as b:
         nodes = [{"name": "me-1", "url": a.url, "token": TOKEN, "component": "matching-engine"},
                  {"name": "me-2", "url": b.url, "token": TOKEN, "component": "matching-engine"}]
-        result, _ = run_fleet_info(tmp_path, nodes=nodes, component="wallet-signer", concurrency=1)
+        result, output = run_fleet_info(tmp_path, nodes=nodes, component="wallet-signer", concurrency=1)
     assert set(result["errors"]) == {"me-1", "me-2"}, result
     assert (len(a.seen), len(b.seen)) == (1, 1)
+    assert TOKEN not in output
 
 
 @pytest.mark.parametrize(("args", "words"), [
@@ -239,9 +240,9 @@ def test_fleet_info_refuses_bad_options_with_one_line(tmp_path: Path, args: dict
 def test_fleet_info_mutual_tls_per_node(tmp_path: Path, pki: Pki) -> None:
     tls = {"ca_path": str(pki.ca), "client_cert": str(pki.client_cert), "client_key": str(pki.client_key)}
     with serving(answer(200, STATUS), tls=pki.server_context()) as node:
-        result, _ = run_fleet_info(tmp_path, nodes=[
+        result, output = run_fleet_info(tmp_path, nodes=[
             {"name": "with-cert", "url": node.url, "token": TOKEN, **tls},
             {"name": "without", "url": node.url, "token": TOKEN, "ca_path": str(pki.ca)}])
     assert result["nodes"] == {"with-cert": STATUS}
     assert "client_cert" in result["errors"]["without"]
-    assert len(node.seen) == 1
+    assert len(node.seen) == 1 and TOKEN not in output
