@@ -1,3 +1,6 @@
 """Node fixtures for the integration tests (defined once, in tests/testbed/node_fixtures.py)."""
 
-from tests.testbed.node_fixtures import matching_node, matching_pair, nodes  # noqa: F401 - fixtures
+from tests.testbed.node_fixtures import matching_node, matching_pair, nodes
+
+# pytest finds fixtures by name in a conftest; __all__ says they are exported on purpose
+__all__ = ["matching_node", "matching_pair", "nodes"]
