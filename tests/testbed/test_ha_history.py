@@ -7,14 +7,15 @@ tested on synthetic histories in test_hahistory.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from testbed.hahistory import history_file, read_history, shard_verdict
-from tests.testbed.nodes import NodeProc, http, make_node, next_address
+from tests.testbed.node_fixtures import PairFactory
+from tests.testbed.nodes import NodeProc, http, make_node, wait_for
 
 MARKETS = ["BTC-USD"]
 COMPONENT = "matching-engine"
@@ -22,38 +23,11 @@ LIFECYCLE = ("started", "stopping", "primary", "standby")  # what a test can ord
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
-    """A primary (me-a) and a standby (me-b) of one shard, ready and in sync; killed at teardown."""
-    addr_a, addr_b = next_address(), next_address()
-    common: dict[str, Any] = {"replication_token": "ha-history-test", "shard": 0, "markets": MARKETS}
-    a = make_node(tmp_path, "me-a", COMPONENT, address=addr_a, initial_role="primary",
-                  peer={"name": "me-b", "url": f"http://{addr_b}:8080"}, **common)
-    b = make_node(tmp_path, "me-b", COMPONENT, address=addr_b, initial_role="standby",
-                  peer={"name": "me-a", "url": f"http://{addr_a}:8080"}, **common)
-    try:
-        a.start()
-        b.start()
-        a.wait_ready(role="primary")
-        b.wait_ready()
-        wait_for(lambda: a.admin("GET", "/v1/status")[1]["replication"]["state"] == "sync", "primary in sync")
-        wait_recorded(b, lambda recs: recs[-1]["ready"], "the standby's readiness")
-        yield a, b
-    finally:
-        a.kill()
-        b.kill()
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = cond()
-        except OSError:
-            result = None
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+def pair(matching_pair: PairFactory) -> tuple[NodeProc, NodeProc]:
+    """The shared primary (me-a) and standby (me-b), once the standby's history records it ready."""
+    a, b = matching_pair()
+    wait_recorded(b, lambda recs: recs[-1]["ready"], "the standby's readiness")
+    return a, b
 
 
 def wait_recorded(node: NodeProc, cond: Callable[[list[dict[str, Any]]], Any], what: str) -> list[dict[str, Any]]:
