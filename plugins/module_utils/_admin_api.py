@@ -404,6 +404,20 @@ def client_from_params(params: dict[str, Any]) -> AdminApi:
                     tls=tls_from_params(params))
 
 
+STATUS_FIELDS = ("component", "version", "ready")
+
+
+def status_problem(url: str, status: dict[str, Any], component: str | None) -> str | None:
+    """Why a ``/v1/status`` answer from ``url`` cannot be used (missing fields, another component), or None."""
+    missing = [k for k in STATUS_FIELDS if k not in status]
+    if missing:
+        return f"{url} answered without {', '.join(missing)}; the node does not implement the admin API contract"
+    if component and status.get("component") != component:
+        return (f"{url} is a {status.get('component')} node, not {component}; "
+                "fix exchange_admin_url or exchange_component in the inventory")
+    return None
+
+
 # --------------------------------------------------------------------------- fencing (docs/lease.md)
 
 

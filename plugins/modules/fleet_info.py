@@ -148,20 +148,16 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.exchangeops.patching.plugins.module_utils._admin_api import (
     DEFAULT_REQUEST_TIMEOUT,
-    AdminApi,
     AdminApiError,
-    Tls,
+    admin_api_argument_spec,
+    client_from_params,
+    status_problem,
 )
 
-REQUIRED = ("component", "version", "ready")
-NODE_SPEC = dict(
+# one node: the admin_api options (request_timeout is the task's) plus its name and inventory component
+NODE_SPEC = {k: v for k, v in admin_api_argument_spec().items() if k != "request_timeout"}
+NODE_SPEC.update(
     name=dict(type="str", required=True),
-    url=dict(type="str", required=True),
-    token=dict(type="str", required=True, no_log=True),
-    validate_certs=dict(type="bool", default=True),
-    ca_path=dict(type="path"),
-    client_cert=dict(type="path"),
-    client_key=dict(type="path", no_log=False),
     component=dict(type="str", choices=["matching-engine", "wallet-signer"]),
 )
 
@@ -170,22 +166,12 @@ def read_node(spec: dict[str, Any], request_timeout: float, component: str | Non
     """One entry of ``results``: ``{item, node}`` or ``{item, msg}``."""
     name = spec["name"]
     try:
-        api = AdminApi(spec["url"], spec["token"], request_timeout=request_timeout,
-                       tls=Tls(validate_certs=spec["validate_certs"], ca_path=spec["ca_path"],
-                               client_cert=spec["client_cert"], client_key=spec["client_key"]))
+        api = client_from_params({**spec, "request_timeout": request_timeout})
         node = api.get_json("/v1/status")
     except AdminApiError as e:
         return {"item": name, "msg": str(e)}
-    url = api.base + "/v1/status"
-    missing = [k for k in REQUIRED if k not in node]
-    if missing:
-        return {"item": name, "msg": f"{url} answered without {', '.join(missing)}; "
-                                     "the node does not implement the admin API contract"}
-    expect = component or spec["component"]
-    if expect and node.get("component") != expect:
-        return {"item": name, "msg": f"{url} is a {node.get('component')} node, not {expect}; "
-                                     "fix exchange_admin_url or exchange_component in the inventory"}
-    return {"item": name, "node": node}
+    problem = status_problem(api.base + "/v1/status", node, component or spec["component"])
+    return {"item": name, "msg": problem} if problem else {"item": name, "node": node}
 
 
 def main() -> None:

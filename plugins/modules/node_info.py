@@ -89,9 +89,8 @@ from ansible_collections.exchangeops.patching.plugins.module_utils._admin_api im
     AdminApiError,
     admin_api_argument_spec,
     client_from_params,
+    status_problem,
 )
-
-REQUIRED = ("component", "version", "ready")
 
 
 def main() -> None:
@@ -105,15 +104,9 @@ def main() -> None:
         node = api.get_json("/v1/status")
     except AdminApiError as e:
         module.fail_json(msg=str(e))
-    url = api.base + "/v1/status"
-    missing = [k for k in REQUIRED if k not in node]
-    if missing:
-        module.fail_json(msg=f"{url} answered without {', '.join(missing)}; "
-                         "the node does not implement the admin API contract")
-    expect = module.params["expect_component"]
-    if expect and node.get("component") != expect:
-        module.fail_json(msg=f"{url} is a {node.get('component')} node, not {expect}; "
-                         "fix exchange_admin_url or exchange_component in the inventory")
+    problem = status_problem(api.base + "/v1/status", node, module.params["expect_component"])
+    if problem:
+        module.fail_json(msg=problem)
     module.exit_json(changed=False, node=node)
 
 
