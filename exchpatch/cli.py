@@ -559,6 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
     from exchpatch import approve as approve_cli
 
     approve_cli.add_parser(sub, common)
+    from exchpatch import feeds_cli
+
+    feeds_cli.add_parser(sub, common)
+    from exchpatch import exposure_cli
+
+    exposure_cli.add_parser(sub, common)
     return parser
 
 
