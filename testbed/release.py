@@ -1,7 +1,8 @@
 """Release builder: real, signed tarballs of the testbed node code, and their catalog entries.
 
-A release is the ``exchnode`` package, a ``bin/exchnode`` launcher and ``RELEASE.json``
-(component, version, the CVEs it fixes, migration and restart scope, fault). ``RELEASE.json`` is
+A release is the ``exchnode`` package, a ``bin/exchnode`` launcher, its CycloneDX SBOM
+(``sbom.cdx.json``, see :mod:`testbed.sbom`; also written beside the tarball) and ``RELEASE.json``
+(component, version, the CVEs it fixes, migration and restart scope, fault, the SBOM's sha256). ``RELEASE.json`` is
 inside the signed tarball, so those facts are signed: preflight refuses a catalog entry that
 states anything else. Faulty releases are the same code told by their manifest
 to misbehave, so the fault is genuinely the behaviour of that release's code on the node.
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from testbed.exchnode.common import COMPONENT_FAULTS
+from testbed.sbom import SBOM_FILE, sbom_bytes
 
 SOURCE = Path(__file__).resolve().parent / "exchnode"
 COMPONENTS = tuple(COMPONENT_FAULTS)
@@ -77,8 +79,10 @@ def release_files(component: str, version: str, fault: str | None = None,
             continue
         files[f"exchnode/{src.name}"] = src.read_bytes()
     files["bin/exchnode"] = (SOURCE / "launcher.py").read_bytes()
+    files[SBOM_FILE] = sbom_bytes(component, version)
     manifest: dict[str, Any] = {"component": component, "version": version, "fault": fault,
-                                "fixes": sorted(fixes or []), "migration": migration, "restart": restart}
+                                "fixes": sorted(fixes or []), "migration": migration, "restart": restart,
+                                "sbom_sha256": hashlib.sha256(files[SBOM_FILE]).hexdigest()}
     if fault_params:
         manifest["fault_params"] = fault_params
     files["RELEASE.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
@@ -175,6 +179,8 @@ def _change_size(out_dir: Path, component: str, version: str, files: dict[str, b
                     old[m.name] = fh.read() if fh else b""
     changed_files, changed_lines = 0, 0
     for rel in sorted(set(files) | set(old)):
+        if rel == SBOM_FILE:  # what third-party code changed is the SBOM's story, not lines of the release's code
+            continue
         a = old.get(rel, b"").decode(errors="replace").splitlines()
         b = files.get(rel, b"").decode(errors="replace").splitlines()
         if a == b:
@@ -232,6 +238,10 @@ def build_release(
     signature = sign(priv, blob)
     (out_dir / f"{artifact.name}.sha256").write_text(f"{digest}  {artifact.name}\n")
     (out_dir / f"{artifact.name}.sig").write_text(signature + "\n")
+    sbom = out_dir / f"{component}-{version}.cdx.json"
+    sbom_tmp = sbom.with_suffix(".tmp")
+    sbom_tmp.write_bytes(files[SBOM_FILE])
+    os.replace(sbom_tmp, sbom)
 
     released = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
     entry = {
@@ -239,6 +249,7 @@ def build_release(
         "component": component,
         "version": version,
         "artifact": {"url": artifact.resolve().as_uri(), "sha256": digest, "signature": signature},
+        "sbom": {"url": sbom.resolve().as_uri(), "sha256": hashlib.sha256(files[SBOM_FILE]).hexdigest()},
         "fixes": fixes,
         "restart": restart,
         "migration": migration,

@@ -56,11 +56,16 @@ _EXAMPLES = {
     "artifact.url": '"file://.testbed/releases/matching-engine-1.4.3.tar.gz"',
     "artifact.sha256": '"9f2c...e1" (64 hexadecimal characters, e.g. from sha256sum)',
     "artifact.signature": '"MEUCIQ..." (base64)',
+    "sbom": '{url: "file://.testbed/releases/matching-engine-1.4.3.cdx.json", sha256: "<64 hex>"}',
+    "sbom.url": '"file://.testbed/releases/matching-engine-1.4.3.cdx.json"',
+    "sbom.sha256": '"9f2c...e1" (64 hexadecimal characters, e.g. from sha256sum)',
     "change_size.files": "3",
     "change_size.lines": "42",
 }
 _FIELDS = ("id", "component", "version", "artifact", "fixes", "restart", "migration", "change_size", "released_at")
+_OPTIONAL_FIELDS = ("sbom",)
 _ARTIFACT_FIELDS = ("url", "sha256", "signature")
+_SBOM_FIELDS = ("url", "sha256")
 _CHANGE_FIELDS = ("files", "lines")
 
 
@@ -83,6 +88,8 @@ class Patch:
     change_lines: int
     released_at: str  # ISO 8601, UTC, e.g. 2026-11-20T09:00:00Z
     source: str  # catalog file
+    sbom_url: str | None = None  # the release's CycloneDX SBOM, when the entry names one
+    sbom_sha256: str | None = None  # lower-case hex
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -209,7 +216,7 @@ def load_patch(path: str) -> Patch:
     if not isinstance(doc, dict):
         raise CatalogError(path, None, f"must be a YAML mapping, not {_describe(doc)}",
                            "write one patch per file as a mapping with keys " + ", ".join(_FIELDS))
-    _unknown_keys(path, None, doc, _FIELDS)
+    _unknown_keys(path, None, doc, _FIELDS + _OPTIONAL_FIELDS)
     _missing(path, None, doc, _FIELDS)
 
     patch_id = _need_str(path, "id", doc["id"])
@@ -265,8 +272,25 @@ def load_patch(path: str) -> Patch:
     files = _count(path, "change_size.files", change["files"])
     lines = _count(path, "change_size.lines", change["lines"])
     released = _released_at(path, doc["released_at"])
+    sbom_url, sbom_sha256 = _sbom(path, doc.get("sbom", None)) if "sbom" in doc else (None, None)
     return Patch(patch_id, component, version, url, sha256.lower(), signature, tuple(fixes), restart, migration,
-                 files, lines, released, path)
+                 files, lines, released, path, sbom_url, sbom_sha256)
+
+
+def _sbom(path: str, value: Any) -> tuple[str, str]:
+    """``sbom: {url, sha256}``: where the release's CycloneDX SBOM is, and its SHA-256."""
+    sbom = _mapping(path, "sbom", value)
+    _unknown_keys(path, "sbom", sbom, _SBOM_FIELDS)
+    _missing(path, "sbom", sbom, _SBOM_FIELDS)
+    url = _need_str(path, "sbom.url", sbom["url"])
+    if any(c.isspace() for c in url):
+        raise CatalogError(path, "sbom.url", f"{url!r} contains whitespace",
+                           f"percent-encode it, e.g. url: {_EXAMPLES['sbom.url']}")
+    sha256 = _need_str(path, "sbom.sha256", sbom["sha256"])
+    if not _SHA256_RE.match(sha256):
+        raise CatalogError(path, "sbom.sha256", f"{sha256!r} is not 64 hexadecimal characters",
+                           "give the SHA-256 of the SBOM file as printed by 'sha256sum <file>'")
+    return url, sha256.lower()
 
 
 def load_catalog(directory: str) -> list[Patch]:

@@ -308,8 +308,9 @@ def check_against_manifest(entry: Mapping[str, object], manifest: Mapping[str, o
     """Raise :class:`ManifestMismatchError` unless the catalog ``entry`` states what the signed ``manifest`` says.
 
     Compared: :data:`MANIFEST_FACTS` (component, version, fixes as a set of CVE ids, migration,
-    restart); every one the entry gives. A manifest that lacks any of them (a release built
-    before manifests carried them) cannot vouch for the catalog and is refused.
+    restart); every one the entry gives; and ``sbom_sha256`` when the entry names an SBOM. A manifest
+    that lacks any of the facts (a release built before manifests carried them) cannot vouch for the
+    catalog and is refused.
     ``where`` names the entry (``patches/x.yml: <id>``).
     """
     lacking = [f for f in MANIFEST_FACTS
@@ -337,6 +338,13 @@ def check_against_manifest(entry: Mapping[str, object], manifest: Mapping[str, o
             wrong.append(field)
             texts.append(f"{field} {_fact_text(stated)} in the catalog, but the signed manifest says "
                          f"{_fact_text(signed)}")
+    stated_sbom = entry.get("sbom_sha256")
+    if stated_sbom is not None:
+        signed_sbom = manifest.get("sbom_sha256")
+        if not isinstance(signed_sbom, str) or signed_sbom.lower() != str(stated_sbom).lower():
+            wrong.append("sbom_sha256")
+            texts.append(f"sbom sha256 {_fact_text(stated_sbom)} in the catalog, but the signed manifest says "
+                         f"{_fact_text(signed_sbom)}")
     if wrong:
         raise ManifestMismatchError(
             f"{where}: {'; '.join(texts)}; the catalog must describe the release that was signed: correct the "

@@ -88,6 +88,14 @@ options:
     description: Fail the task when any node could not be read (the others are still returned).
     type: bool
     default: false
+  sbom:
+    description:
+      - Also read each node's running-release SBOM (C(GET /v1/sbom), CycloneDX JSON) into
+        RV(results[].sbom) and RV(sboms), for exposure. A node whose SBOM cannot be read, or is not a
+        CycloneDX document, is an error like a node that does not answer: a node without an SBOM is
+        never taken as exposed to nothing.
+    type: bool
+    default: false
 notes:
   - Redirects are never followed and proxies from the environment are not used, as for
     M(exchangeops.patching.node_info); every answer is read up to 4 MiB.
@@ -108,6 +116,14 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "{{ fleet.results | selectattr('node', 'defined') | selectattr('node.ha_role', 'equalto', 'primary')
              | map(attribute='item') | list }}"
+
+- name: Read every node's running-release SBOM, for exposure
+  exchangeops.patching.fleet_info:
+    nodes: "{{ (groups['matching_nodes'] + groups['wallet_nodes']) | exchangeops.patching.admin_endpoints(hostvars) }}"
+    sbom: true
+    fail_on_error: true
+  delegate_to: localhost
+  register: fleet_sboms
 
 - name: Name the nodes that did not answer
   ansible.builtin.debug:
@@ -132,6 +148,9 @@ results:
     msg:
       description: Why the node could not be read; absent when it was.
       type: str
+    sbom:
+      description: The node's running-release CycloneDX SBOM; only with O(sbom).
+      type: dict
 nodes:
   description: The status document of every node that answered, by name.
   returned: always
@@ -139,6 +158,10 @@ nodes:
 errors:
   description: Why each node that could not be read was not, by name.
   returned: always
+  type: dict
+sboms:
+  description: The running-release CycloneDX SBOM of every node read, by name.
+  returned: when O(sbom) is true
   type: dict
 """
 
@@ -162,8 +185,19 @@ NODE_SPEC.update(
 )
 
 
-def read_node(spec: dict[str, Any], request_timeout: float, component: str | None) -> dict[str, Any]:
-    """One entry of ``results``: ``{item, node}`` or ``{item, msg}``."""
+def sbom_problem(url: str, doc: dict[str, Any]) -> str | None:
+    """Why an answer of ``GET /v1/sbom`` is not a CycloneDX SBOM, or None."""
+    if doc.get("bomFormat") != "CycloneDX":
+        return (f"{url}: answer is not a CycloneDX SBOM (bomFormat {doc.get('bomFormat')!r}); "
+                "the node's release must ship its CycloneDX JSON SBOM")
+    if not isinstance(doc.get("components", []), list):
+        return f"{url}: SBOM components is not a list; rebuild the release's SBOM"
+    return None
+
+
+def read_node(spec: dict[str, Any], request_timeout: float, component: str | None,
+              sbom: bool = False) -> dict[str, Any]:
+    """One entry of ``results``: ``{item, node}`` (and ``sbom``) or ``{item, msg}``."""
     name = spec["name"]
     try:
         api = client_from_params({**spec, "request_timeout": request_timeout})
@@ -171,7 +205,16 @@ def read_node(spec: dict[str, Any], request_timeout: float, component: str | Non
     except AdminApiError as e:
         return {"item": name, "msg": str(e)}
     problem = status_problem(api.base + "/v1/status", node, component or spec["component"])
-    return {"item": name, "msg": problem} if problem else {"item": name, "node": node}
+    if problem:
+        return {"item": name, "msg": problem}
+    if not sbom:
+        return {"item": name, "node": node}
+    try:
+        doc = api.get_json("/v1/sbom")
+    except AdminApiError as e:
+        return {"item": name, "msg": f"no SBOM: {e}"}
+    problem = sbom_problem(api.base + "/v1/sbom", doc)
+    return {"item": name, "msg": problem} if problem else {"item": name, "node": node, "sbom": doc}
 
 
 def main() -> None:
@@ -182,6 +225,7 @@ def main() -> None:
             request_timeout=dict(type="float", default=DEFAULT_REQUEST_TIMEOUT),
             concurrency=dict(type="int", default=16),
             fail_on_error=dict(type="bool", default=False),
+            sbom=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -197,15 +241,16 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     if p["nodes"]:
         with ThreadPoolExecutor(max_workers=min(p["concurrency"], len(p["nodes"]))) as pool:
-            results = list(pool.map(lambda spec: read_node(spec, p["request_timeout"], p["component"]),
+            results = list(pool.map(lambda spec: read_node(spec, p["request_timeout"], p["component"], p["sbom"]),
                                     p["nodes"]))
     nodes = {r["item"]: r["node"] for r in results if "node" in r}
     errors = {r["item"]: r["msg"] for r in results if "msg" in r}
+    extra = {"sboms": {r["item"]: r["sbom"] for r in results if "sbom" in r}} if p["sbom"] else {}
     if errors and p["fail_on_error"]:
         module.fail_json(msg=f"{len(errors)} of {len(results)} node(s) could not be read: "
                          + "; ".join(f"{k}: {v}" for k, v in errors.items()),
-                         results=results, nodes=nodes, errors=errors)
-    module.exit_json(changed=False, results=results, nodes=nodes, errors=errors)
+                         results=results, nodes=nodes, errors=errors, **extra)
+    module.exit_json(changed=False, results=results, nodes=nodes, errors=errors, **extra)
 
 
 if __name__ == "__main__":

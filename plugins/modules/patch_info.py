@@ -90,6 +90,10 @@ patch:
     source:
       description: The catalog file the entry came from.
       type: str
+    sbom:
+      description:
+        - C(url) and C(sha256) of the release's CycloneDX SBOM; null when the entry names none.
+      type: dict
 bad_input:
   description: True when the catalog or the id is wrong.
   returned: failure
@@ -136,6 +140,7 @@ def main() -> None:
         "fixes": list(p.fixes), "restart": p.restart, "migration": p.migration,
         "change_size": {"files": p.change_files, "lines": p.change_lines},
         "released_at": p.released_at, "source": p.source,
+        "sbom": None if p.sbom_url is None else {"url": p.sbom_url, "sha256": p.sbom_sha256},
     })
 
 

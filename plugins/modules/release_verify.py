@@ -91,6 +91,11 @@ options:
       restart:
         description: The restart scope (C(none), C(service), C(system)).
         type: str
+      sbom_sha256:
+        description:
+          - The SHA-256 of the release's SBOM the catalog entry names; the signed manifest's
+            C(sbom_sha256) must be the same, so the SBOM exposure is judged on is the one that was signed.
+        type: str
   entry:
     description:
       - How errors name the catalog entry, for example C(patches/x.yml) followed by the entry's id.
@@ -230,6 +235,7 @@ def main() -> None:
                 fixes=dict(type="list", elements="str"),
                 migration=dict(type="str"),
                 restart=dict(type="str"),
+                sbom_sha256=dict(type="str"),
             )),
             entry=dict(type="str"),
             fleet_keys=dict(type="dict", no_log=False),

@@ -51,6 +51,7 @@ class Release:
     version: str
     fault: str | None = None
     fault_params: dict[str, float] = field(default_factory=dict)
+    sbom: bytes | None = None  # the release's CycloneDX SBOM (sbom.cdx.json), as shipped
 
     def param(self, name: str) -> float:
         return float(self.fault_params.get(name, FAULT_DEFAULTS[name]))
@@ -59,11 +60,17 @@ class Release:
 def load_release(release_dir: str) -> Release:
     with open(os.path.join(release_dir, "RELEASE.json"), encoding="utf-8") as fh:
         raw = json.load(fh)
+    try:
+        with open(os.path.join(release_dir, "sbom.cdx.json"), "rb") as fh:
+            sbom: bytes | None = fh.read()
+    except FileNotFoundError:
+        sbom = None  # a release built before releases carried SBOMs
     return Release(
         component=raw["component"],
         version=raw["version"],
         fault=raw.get("fault"),
         fault_params=dict(raw.get("fault_params") or {}),
+        sbom=sbom,
     )
 
 
@@ -538,6 +545,7 @@ class Node:
         self.router.add("GET", "/v1/status", lambda req: self.status(), auth="admin")
         self.router.add("GET", "/metrics", self._metrics, auth="admin")
         self.router.add("GET", "/v1/ha/history", self._ha_history, auth="admin")
+        self.router.add("GET", "/v1/sbom", self._sbom, auth="admin")
         self.history = HaHistory(os.path.join(config["data_dir"], HA_HISTORY_FILE), self)
 
     # -- subclass interface
@@ -572,6 +580,7 @@ class Node:
             "started_at": self.started_at,
             "ready": ready,
             "ready_reason": reason,
+            "sbom_sha256": None if self.release.sbom is None else hashlib.sha256(self.release.sbom).hexdigest(),
         }
 
     def readiness(self, role: str | None) -> tuple[bool, str]:
@@ -588,6 +597,18 @@ class Node:
     def _ready(self, req: Request) -> tuple[int, dict[str, Any]]:
         ready, reason = self.readiness(req.query.get("role"))
         return (200 if ready else 503), {"ready": ready, "reason": reason}
+
+    def _sbom(self, req: Request) -> dict[str, Any]:
+        """The running release's CycloneDX SBOM, as the release shipped it."""
+        if self.release.sbom is None:
+            raise HttpError(404, f"release {self.release.version} carries no SBOM (built before releases had one)")
+        try:
+            doc = json.loads(self.release.sbom)
+        except ValueError as e:
+            raise HttpError(500, f"release {self.release.version}: sbom.cdx.json is not JSON: {e}") from e
+        if not isinstance(doc, dict):
+            raise HttpError(500, f"release {self.release.version}: sbom.cdx.json is not a JSON object")
+        return doc
 
     def _ha_history(self, req: Request) -> dict[str, Any]:
         raw = req.query.get("since")

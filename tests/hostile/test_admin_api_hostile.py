@@ -226,6 +226,35 @@ def test_fleet_info_component_option_overrides_the_nodes_and_every_node_is_read_
     assert TOKEN not in output
 
 
+def _by_path(routes: dict[str, Any]) -> Any:
+    """A node that answers each path from ``routes`` (a behaviour), 404 elsewhere."""
+    def behaviour(h: Handler) -> None:
+        routes.get(h.path.split("?")[0], answer(404, {"error": "not found"}))(h)
+    return behaviour
+
+
+def test_fleet_info_sbom_reads_each_nodes_sbom_and_a_node_without_one_is_an_error(tmp_path: Path) -> None:
+    from testbed.sbom import release_sbom
+
+    sbom = release_sbom("matching-engine", "1.4.2")
+    good = _by_path({"/v1/status": answer(200, STATUS), "/v1/sbom": answer(200, sbom)})
+    none = _by_path({"/v1/status": answer(200, STATUS)})
+    spdx = _by_path({"/v1/status": answer(200, STATUS), "/v1/sbom": answer(200, {"spdxVersion": "SPDX-2.3"})})
+    with serving(good) as a, serving(none) as b, serving(spdx) as c:
+        nodes = [{"name": "me-1", "url": a.url, "token": TOKEN}, {"name": "me-2", "url": b.url, "token": TOKEN},
+                 {"name": "me-3", "url": c.url, "token": TOKEN}]
+        result, output = run_fleet_info(tmp_path, nodes=nodes, sbom=True)
+        plain, _ = run_fleet_info(tmp_path, nodes=nodes[:1])
+    assert TOKEN not in output
+    assert result["sboms"] == {"me-1": sbom} and result["results"][0]["sbom"] == sbom
+    # a node whose SBOM cannot be read is never taken as exposed to nothing: it is an error, named
+    assert set(result["errors"]) == {"me-2", "me-3"}, result
+    assert result["errors"]["me-2"].startswith("no SBOM: ") and "404" in result["errors"]["me-2"]
+    assert "not a CycloneDX SBOM" in result["errors"]["me-3"]
+    assert [s.path for s in a.seen] == ["/v1/status", "/v1/sbom", "/v1/status"]  # without sbom: status only
+    assert "sboms" not in plain and "sbom" not in plain["results"][0]
+
+
 @pytest.mark.parametrize(("args", "words"), [
     ({"nodes": [{"name": "a", "url": "http://127.0.0.1:1", "token": TOKEN}] * 2}, "nodes names a more than once"),
     ({"nodes": [], "concurrency": 0}, "concurrency=0: give 1 or more"),

@@ -178,7 +178,7 @@ def test_market_modes(matching_node: NodeFactory) -> None:
 
 def test_auth(matching_node: NodeFactory) -> None:
     node = matching_node()
-    admin_routes = [("GET", "/v1/status", None), ("GET", "/metrics", None),
+    admin_routes = [("GET", "/v1/status", None), ("GET", "/metrics", None), ("GET", "/v1/sbom", None),
                     ("POST", "/v1/markets/mode", {"mode": "halted"}),
                     ("POST", "/v1/ha/step-down", {}), ("POST", "/v1/ha/promote", {}),
                     ("POST", "/v1/replication/append", {"term": 99, "seq": 0, "hash": "", "entries": []}),
@@ -188,6 +188,12 @@ def test_auth(matching_node: NodeFactory) -> None:
         assert http(method, node.url + path, body, token="wrong")[0] == 401, path
     assert status(node)["ha_role"] == "primary"
     assert status(node)["market_modes"]["BTC-USD"] == "open"
+    # The running release's SBOM, as shipped, and its digest in the status.
+    shipped = (node.root / "current" / "sbom.cdx.json").read_bytes()
+    code, sbom = node.admin("GET", "/v1/sbom")
+    assert code == 200 and sbom == json.loads(shipped)
+    assert sbom["metadata"]["component"]["version"] == status(node)["version"]
+    assert status(node)["sbom_sha256"] == hashlib.sha256(shipped).hexdigest()
     # Client routes, health and readiness take no token.
     assert ok_order(node, "c1", "buy", 10, 1)["seq"] == 1
     assert node.client("GET", "/markets/BTC-USD/book")[0] == 200

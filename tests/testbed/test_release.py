@@ -53,8 +53,10 @@ def test_tarball_is_reproducible_and_holds_the_release(dirs):
         names = tar.getnames()
         manifest = json.load(tar.extractfile("RELEASE.json"))
     assert {"bin/exchnode", "exchnode/common.py", "RELEASE.json"} <= set(names)
+    sbom_digest = hashlib.sha256(Path(dirs["out"] / "matching-engine-1.4.3.cdx.json").read_bytes()).hexdigest()
     assert manifest == {"component": "matching-engine", "version": "1.4.3", "fault": "crash", "fixes": [],
-                        "migration": "none", "restart": "service"}
+                        "migration": "none", "restart": "service", "sbom_sha256": sbom_digest}
+    assert "sbom.cdx.json" in names
     assert not any(n.startswith(("data", "/")) or ".." in n for n in names)
 
 
@@ -68,9 +70,33 @@ def test_catalog_entry_has_every_field(dirs):
     assert entry["artifact"]["url"] == Path(built.artifact).as_uri()
     assert entry["fixes"] == ["CVE-2026-1111", "CVE-2026-2222"]
     assert entry["restart"] == "service" and entry["migration"] == "forward_compatible"
-    # Against 1.4.2 only the manifest differs: one file, its version, fixes and migration lines.
-    assert entry["change_size"] == {"files": 1, "lines": 9}
+    # Against 1.4.2 only the manifest differs: one file, its version, fixes, migration and SBOM digest lines
+    # (the SBOM is not the release's code; what it changed is for exposure to judge).
+    assert entry["change_size"] == {"files": 1, "lines": 11}
     assert entry["released_at"].endswith("Z")
+
+
+def test_every_release_carries_its_sbom_bound_to_the_signed_manifest(dirs):
+    """sbom.cdx.json is in the signed tarball and beside it; the catalog names it and the manifest signs its digest."""
+    old, new = _build(dirs, version="1.4.2"), _build(dirs, version="1.4.3")
+    entry = yaml.safe_load(Path(new.catalog_entry).read_text())
+    beside = dirs["out"] / "matching-engine-1.4.3.cdx.json"
+    with tarfile.open(new.artifact) as tar:
+        inside = tar.extractfile("sbom.cdx.json").read()
+        manifest = json.load(tar.extractfile("RELEASE.json"))
+    assert inside == beside.read_bytes()
+    assert entry["sbom"] == {"url": beside.as_uri(), "sha256": hashlib.sha256(inside).hexdigest()}
+    assert manifest["sbom_sha256"] == entry["sbom"]["sha256"]
+    doc = json.loads(inside)
+    assert (doc["bomFormat"], doc["specVersion"]) == ("CycloneDX", "1.6")
+    assert doc["metadata"]["component"]["purl"] == "pkg:generic/exchangeops/matching-engine@1.4.3"
+    purls = {c["name"]: c["purl"] for c in doc["components"] if "purl" in c}
+    assert purls["openssh"] == "pkg:deb/debian/openssh@1:9.2p1-2%2Bdeb12u3?arch=source&distro=debian-12"
+    old_doc = json.loads((dirs["out"] / "matching-engine-1.4.2.cdx.json").read_text())
+    old_versions = {c["name"]: c.get("version") for c in old_doc["components"]}
+    assert old_versions["openssh"] == "1:9.2p1-2+deb12u2"  # CVE-2024-6387 (regreSSHion), fixed in +deb12u3
+    assert old.sha256 != new.sha256
+    assert {"openssl", "xz-utils", "zlib", "python3.11"} <= set(old_versions)
 
 
 def test_signed_manifest_carries_the_catalog_facts(dirs):

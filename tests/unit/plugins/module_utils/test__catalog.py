@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -260,3 +261,39 @@ def test_special_file_in_the_catalog_is_refused_not_skipped(tmp_path):
         load_catalog(str(tmp_path))
     assert err.value.path == str(tmp_path / "zero.yml")
     assert err.value.message == "is a character device, not a regular file"
+
+
+# --------------------------------------------------------------------------- the release's SBOM (optional)
+
+
+def test_an_entry_may_name_its_release_sbom(tmp_path):
+    plain = load_patch(entry(tmp_path))
+    assert (plain.sbom_url, plain.sbom_sha256) == (None, None)
+    text = GOOD + ('sbom:\n  url: "file://.testbed/releases/matching-engine-1.4.3.cdx.json"\n'
+                   f'  sha256: "{SHA.upper()}"\n')
+    patch = load_patch(entry(tmp_path, text, name="with-sbom.yml"))
+    assert patch.sbom_url == "file://.testbed/releases/matching-engine-1.4.3.cdx.json"
+    assert patch.sbom_sha256 == SHA
+
+
+def test_entry_written_by_the_release_builder_names_its_sbom(tmp_path):
+    release = pytest.importorskip("testbed.release")
+    built = release.build_release(tmp_path / "out", tmp_path / "keys", tmp_path / "catalog", "matching-engine",
+                                  "1.4.3")
+    patch = load_patch(built.catalog_entry)
+    sbom = tmp_path / "out" / "matching-engine-1.4.3.cdx.json"
+    assert patch.sbom_url == sbom.resolve().as_uri()
+    assert patch.sbom_sha256 == hashlib.sha256(sbom.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(("sbom", "record", "message"), [
+    ('sbom: "file://x.cdx.json"\n', "sbom", "must be a mapping"),
+    ('sbom:\n  url: "file://x.cdx.json"\n', "sbom.sha256", "required field is missing"),
+    (f'sbom:\n  url: "file://x.cdx.json"\n  sha256: "{SHA[:10]}"\n', "sbom.sha256", "is not 64 hexadecimal"),
+    (f'sbom:\n  url: "file://x y.cdx.json"\n  sha256: "{SHA}"\n', "sbom.url", "contains whitespace"),
+    (f'sbom:\n  url: "file://x.cdx.json"\n  sha256: "{SHA}"\n  sig: "x"\n', "sbom.sig", "unknown key 'sig'"),
+])
+def test_a_bad_sbom_field_is_one_clear_error(tmp_path, sbom, record, message):
+    with pytest.raises(CatalogError) as err:
+        load_patch(entry(tmp_path, GOOD + sbom))
+    assert err.value.record == record and message in err.value.message

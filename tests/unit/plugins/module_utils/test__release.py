@@ -592,3 +592,15 @@ def test_private_copy_is_private_checked_and_removed(dirs, tmp_path):
             _release.private_copy(str(staged), built.sha256, parent=str(tmp_path)):
         pass
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".artifact.")] == []
+
+
+def test_the_catalogs_sbom_digest_must_be_the_signed_one():
+    signed = {**FACTS, "sbom_sha256": "a" * 64}
+    _release.check_against_manifest({**FACTS, "sbom_sha256": "A" * 64}, signed, "x")  # hex case does not matter
+    _release.check_against_manifest(FACTS, signed, "x")  # an entry without an SBOM is not compared
+    with pytest.raises(_release.ManifestMismatchError, match=r"^x.yml: p: sbom sha256 \"bbbb") as e:
+        _release.check_against_manifest({**FACTS, "sbom_sha256": "b" * 64}, signed, "x.yml: p")
+    assert e.value.fields == ["sbom_sha256"]
+    with pytest.raises(_release.ManifestMismatchError, match="the signed manifest says null") as e:
+        _release.check_against_manifest({**FACTS, "sbom_sha256": "b" * 64}, FACTS, "x.yml: p")  # built without one
+    assert e.value.fields == ["sbom_sha256"]
