@@ -23,7 +23,8 @@ cd "$repo"
 git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
   [ -e "$f" ] || continue
   mkdir -p "$work/$(dirname "$f")"
-  cp -p "$f" "$work/$f"
+  # a file another process replaces (an editor's temp file) may be gone by now: skip it, fail on anything else
+  cp -p "$f" "$work/$f" 2>/dev/null || [ ! -e "$f" ] || cp -p "$f" "$work/$f"
 done
 cd "$work"
 export HOME="$cache/home"
