@@ -92,8 +92,8 @@ options:
     description:
       - Also read each node's running-release SBOM (C(GET /v1/sbom), CycloneDX JSON) into
         RV(results[].sbom) and RV(sboms), for exposure. A node whose SBOM cannot be read, or is not a
-        CycloneDX document, is an error like a node that does not answer: a node without an SBOM is
-        never taken as exposed to nothing.
+        CycloneDX document, is an error like a node that does not answer (a node without an SBOM is
+        never taken as exposed to nothing).
     type: bool
     default: false
 notes:
