@@ -23,12 +23,13 @@ once. Nothing here reads a clock: ``generated_at`` is passed in.
 
 from __future__ import annotations
 
+import os
 import re
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.exchangeops.patching.plugins.module_utils import _safe_io, _sbom
+from ansible_collections.exchangeops.patching.plugins.module_utils import _release, _safe_io, _sbom
 from ansible_collections.exchangeops.patching.plugins.module_utils._errors import InputError
 
 try:
@@ -587,7 +588,7 @@ def compute(nodes: list[NodeSbom], matcher: Matcher, vex: list[_sbom.VexStatemen
 
     def entry(cve: str) -> dict[str, Any]:
         return cves.setdefault(cve, {"nodes": [], "packages": [], "records": [], "sources": [], "fixed_by": [],
-                                     "claimed_by": [], "unfixed_nodes": [], "not_affected": [],
+                                     "claimed_by": [], "flagged_by": [], "unfixed_nodes": [], "not_affected": [],
                                      "needs_mitigation": False})
 
     node_doc: dict[str, Any] = {}
@@ -654,7 +655,7 @@ def compute(nodes: list[NodeSbom], matcher: Matcher, vex: list[_sbom.VexStatemen
                     reason = (f"the patch changes {', '.join(touched)} but the new version is still affected"
                               if touched else f"the patch does not change {', '.join(sorted(comps))}")
                     doc["flagged"].append({"cve": cve, "from": running.label(), "reason": reason})
-                    cves[cve]["claimed_by"].append(p.id)
+                    cves[cve]["flagged_by"].append(p.id)
                 else:
                     doc["unverified"].append({"cve": cve, "from": running.label(),
                                               "reason": f"no advisory names a component of {running.label()} "
@@ -672,7 +673,7 @@ def compute(nodes: list[NodeSbom], matcher: Matcher, vex: list[_sbom.VexStatemen
         e["nodes"] = sorted(set(e["nodes"]))
         e["unfixed_nodes"] = [n for n in e["nodes"] if n not in fixed_nodes and n not in claimed_nodes]
         e["needs_mitigation"] = bool(e["unfixed_nodes"])
-        for key in ("packages", "records", "sources", "fixed_by", "claimed_by"):
+        for key in ("packages", "records", "sources", "fixed_by", "claimed_by", "flagged_by"):
             e[key] = sorted(set(e[key]))
         e["not_affected"].sort(key=lambda a: (a["node"], a["package"]))
     return {
@@ -685,3 +686,118 @@ def compute(nodes: list[NodeSbom], matcher: Matcher, vex: list[_sbom.VexStatemen
                 "sources": matcher.osv.sources},
         "warnings": list(matcher.warnings),
     }
+
+
+# --------------------------------------------------------------------------- inputs: nodes and patches
+
+_NODE_FIX = ('give node records like {"name": "me-s0-a", "component": "matching-engine", "version": "1.4.2", '
+             '"sbom": "sboms/matching-engine-1.4.2.cdx.json"} (a path, or the SBOM document itself)')
+
+
+def nodes_from_records(records: Any, source: str, base_dir: str | None = None,
+                       max_size: int = _sbom.MAX_SBOM_SIZE) -> list[NodeSbom]:
+    """Validate node records ``[{"name", "component", "version", "sbom": path | document}]``; SBOMs given by
+    path are read (relative to ``base_dir``) once per distinct path."""
+    if isinstance(records, dict) and "nodes" in records:
+        records = records["nodes"]
+    if not isinstance(records, list):
+        raise ExposureError(source, None, 'must be {"nodes": [...]} or a list of node records', _NODE_FIX)
+    loaded: dict[str, _sbom.Sbom] = {}
+    out: list[NodeSbom] = []
+    seen: set[str] = set()
+    for i, rec in enumerate(records):
+        where = f"nodes[{i}]"
+        if not isinstance(rec, dict):
+            raise ExposureError(source, where, "a node record must be an object", _NODE_FIX)
+        if isinstance(rec.get("node"), dict):  # a fleet_info result: item, node (the status), sbom
+            rec = {"name": rec.get("name") or rec.get("item"), "component": rec["node"].get("component"),
+                   "version": rec["node"].get("version"), "sbom": rec.get("sbom")}
+        for key in ("name", "component", "version"):
+            if not isinstance(rec.get(key), str) or not rec[key].strip():
+                raise ExposureError(source, where, f"missing {key}", _NODE_FIX)
+        name = rec["name"].strip()
+        if name in seen:
+            raise ExposureError(source, f"node {name}", "listed twice", "give every node one record")
+        seen.add(name)
+        ref = rec.get("sbom")
+        if isinstance(ref, dict):
+            sbom = _sbom.sbom_from_doc(ref, f"{source}: node {name} sbom")
+        elif isinstance(ref, str) and ref.strip():
+            path = os.path.join(base_dir or os.getcwd(), os.path.expanduser(ref.strip()))
+            if path not in loaded:
+                loaded[path] = _sbom.load_sbom(path, max_size)
+            sbom = loaded[path]
+        else:
+            raise ExposureError(source, f"node {name}", "has no sbom (a file path or the SBOM document)",
+                                "read the fleet with fleet_info sbom=true, or add the path of the node's "
+                                "release SBOM (<component>-<version>.cdx.json)")
+        out.append(NodeSbom(name, rec["component"].strip(), rec["version"].strip(), sbom))
+    return out
+
+
+def load_facts(path: str, max_size: int = _safe_io.MAX_FACTS_SIZE) -> tuple[list[NodeSbom], dict[str, str]]:
+    """Offline facts: ``{"nodes": [...], "patch_sboms": {"<patch id>": "<path>"}}``; paths relative to the file."""
+    data = _safe_io.read_regular(path, max_size, what="facts file", error=ExposureError)
+    doc = _safe_io.load_json(path, _safe_io.decode_utf8(path, data, what="facts file", error=ExposureError),
+                             what="facts file", error=ExposureError)
+    if not isinstance(doc, dict):
+        raise ExposureError(path, None, 'must be a JSON object {"nodes": [...]}', _NODE_FIX)
+    base = os.path.dirname(os.path.abspath(path))
+    extra = doc.get("patch_sboms") or {}
+    if not isinstance(extra, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+        raise ExposureError(path, "patch_sboms", "must map patch ids to SBOM paths",
+                            'write it like "patch_sboms": {"matching-engine-1.4.3": "matching-engine-1.4.3.cdx.json"}')
+    return nodes_from_records(doc.get("nodes"), path, base), {k: os.path.join(base, v) for k, v in extra.items()}
+
+
+def catalog_sbom_ref(patch: Any) -> tuple[str, str | None] | None:
+    """(url, sha256) of a catalog entry's ``sbom: {url, sha256}``, whichever way the catalog record carries it."""
+    ref = getattr(patch, "sbom", None)
+    if isinstance(ref, dict) and ref.get("url"):
+        return str(ref["url"]), ref.get("sha256")
+    if ref is not None and getattr(ref, "url", None):
+        return str(ref.url), getattr(ref, "sha256", None)
+    url = getattr(patch, "sbom_url", None)
+    if url:
+        return str(url), getattr(patch, "sbom_sha256", None)
+    return None
+
+
+def patch_sboms(patches: list[Any], nodes: list[NodeSbom], overrides: dict[str, str] | None = None,
+                version_key: Any = None, base_dir: str | None = None,
+                max_size: int = _sbom.MAX_SBOM_SIZE) -> list[PatchSbom]:
+    """Catalog patches with their SBOMs (``overrides`` first, then the entry's ``sbom``; the sha256 checked)
+    and the nodes each one upgrades."""
+    overrides = overrides or {}
+    out = []
+    for p in patches:
+        sbom = None
+        path = overrides.get(p.id)
+        expected = None
+        if path is None:
+            ref = catalog_sbom_ref(p)
+            if ref is not None:
+                try:
+                    path = _release.artifact_path(ref[0], base_dir)
+                except _release.ReleaseError as e:
+                    raise ExposureError(p.source, "sbom.url", str(e), "give a file:// URL or a local path") from None
+                expected = ref[1]
+        if path is not None:
+            if expected:
+                actual = _safe_io.sha256_file(path, max_size, what="SBOM", error=ExposureError)
+                if actual.lower() != str(expected).lower():
+                    raise ExposureError(p.source, "sbom.sha256",
+                                        f"does not match {path} (expected {str(expected)[:12]}..., "
+                                        f"got {actual[:12]}...)", "rebuild the release or fix the catalog entry")
+            sbom = _sbom.load_sbom(path, max_size)
+        newer = tuple(n.name for n in nodes if n.component == p.component and (
+            version_key is None or _older(version_key, n.version, p.version)))
+        out.append(PatchSbom(p.id, p.component, p.version, tuple(p.fixes), sbom, newer))
+    return out
+
+
+def _older(version_key: Any, node_version: str, patch_version: str) -> bool:
+    try:
+        return version_key(node_version) < version_key(patch_version)
+    except ValueError:
+        return False
