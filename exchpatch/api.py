@@ -287,8 +287,9 @@ def _exit_code(job: Job, ok: bool) -> int:
 @_data_only
 def plan(feeds: Sequence[str], catalog: str, *, inventory: str | Path | None = None, facts: str | None = None,
          now: str | None = None, allow_inventory_scripts: bool = False, event_handler: EventHandler | None = None,
-         status_handler: StatusHandler | None = None) -> Job:
-    """Rank pending patches (``playbooks/plan.yml``); the result carries the plan document."""
+         status_handler: StatusHandler | None = None, exposure: str | None = None) -> Job:
+    """Rank pending patches (``playbooks/plan.yml``); the result carries the plan document. ``exposure`` (an
+    ``exchpatch exposure`` document) adds derived/flagged fixes and the CVEs no patch fixes (needs mitigation)."""
     if not feeds:
         raise BadInput("give at least one advisory feed (--feed PATH)")
     if inventory is not None and facts is not None:
@@ -307,6 +308,8 @@ def plan(feeds: Sequence[str], catalog: str, *, inventory: str | Path | None = N
         except ValueError:
             raise BadInput(f"now {now!r} is not an ISO 8601 time; e.g. 2026-11-24T12:00:00Z") from None
         extravars["plan_now"] = now
+    if exposure is not None:
+        extravars["plan_exposure"] = _check_file(exposure, "exposure file")
     dest = data_dir() / f"plan-{os.getpid()}-{id(extravars):x}.json"
     extravars["plan_dest"] = str(dest)
 

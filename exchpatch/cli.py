@@ -174,6 +174,20 @@ def _plan_text(plan: dict[str, Any]) -> str:
                        f"automatable {c['automatable']}, impact {c['technical_impact']}, EPSS {epss}, "
                        f"CVSS {c['cvss'] if c['cvss'] is not None else '-'} -> {c['ssvc_deployer']} "
                        f"(CISA: {c['ssvc_cisa']}), BOD 26-04 {c['bod_26_04']}")
+    for p in plan["patches"]:
+        derived = [c["id"] for c in p["cves"] if c.get("derived")]
+        flagged = [c["id"] for c in p["cves"] if c.get("flagged")]
+        if derived or flagged:
+            out.append(f"\n{p['id']} fixes check: "
+                       + "; ".join(filter(None, [derived and f"derived (not in catalog fixes) {', '.join(derived)}",
+                                                 flagged and f"FLAGGED (SBOM still affected) {', '.join(flagged)}"])))
+    if plan.get("needs_mitigation"):
+        out.append("\nneeds mitigation (no catalog patch fixes these):")
+        out.append(_table([{
+            "rank": m["rank"], "cve": m["cve"], "class": m["class"],
+            "due": (m["due"] or "on upgrade") + (" OVERDUE" if m["overdue"] else ""), "score": m["score"],
+            "nodes": ",".join(m["nodes"]), "packages": ",".join(m["packages"]) or "-",
+        } for m in plan["needs_mitigation"]], ["rank", "cve", "class", "due", "score", "nodes", "packages"]))
     if plan.get("not_needed"):
         out.append("\nnot needed:")
         out += [f"   {n['id']}: {n['reason']}" for n in plan["not_needed"]]
@@ -223,7 +237,7 @@ def cmd_plan(args: argparse.Namespace) -> tuple[int, Any, str]:
 
     args.progress = False
     result = _start(api.plan, args, args.feed, args.catalog, inventory=args.inventory, facts=args.facts,
-                    now=args.now, allow_inventory_scripts=args.allow_inventory_scripts)
+                    now=args.now, allow_inventory_scripts=args.allow_inventory_scripts, exposure=args.exposure)
     _failed(result)
     if result.exit_code:
         raise CliError(result.message or "plan failed", result.exit_code)
@@ -479,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--facts", metavar="FILE", help='offline fleet facts: {"nodes": [{"name", "component", ...}]}')
     p.add_argument("--now", metavar="ISO8601", help="plan as of this time (default: now)")
     p.add_argument("--output", metavar="FILE", help="also write the plan's JSON document to FILE")
+    p.add_argument("--exposure", metavar="FILE",
+                   help="exposure document (exchpatch exposure; the feed cache's exposure.json): rank CVEs no patch "
+                        "fixes under needs mitigation, add derived fixes, mark flagged ones")
     p.add_argument("--allow-inventory-scripts", action="store_true",
                    help="accept an executable (dynamic) inventory, which Ansible runs as a program")
     p.set_defaults(func=cmd_plan)

@@ -328,9 +328,73 @@ def _score(klass: str, due: str | None, epss: float | None, cvss: float | None, 
     return round(band + inner, 2)
 
 
-def build_plan(intel: Intel, patches: list[Patch], nodes: list[Node], now: dt.datetime) -> dict[str, Any]:
-    """The ranked plan document (see the ``patch_plan`` module's RETURN)."""
+def load_exposure(path: str, max_size: int = MAX_FACTS_SIZE) -> dict[str, Any]:
+    """An exposure document (``exchpatch exposure``, schema 1); PlanError naming the file and the fix."""
+    try:
+        data = _safe_io.read_regular(path, max_size, what="exposure file")
+        doc = _safe_io.load_json(path, _safe_io.decode_utf8(path, data, what="exposure file"), what="exposure file")
+    except InputError as e:
+        raise PlanError(str(e)) from None
+    if not isinstance(doc, dict) or doc.get("schema") != 1 or not isinstance(doc.get("cves"), dict) \
+            or not isinstance(doc.get("patches", {}), dict):
+        raise PlanError(f"{path}: not an exposure document (schema 1 with cves and patches); "
+                        "write it with `exchpatch exposure --output FILE`")
+    for cve, entry in doc["cves"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("unfixed_nodes", []), list) \
+                or not all(isinstance(n, str) for n in entry.get("unfixed_nodes", [])):
+            raise PlanError(f"{path}: cves.{cve}: unfixed_nodes must be a list of node names; "
+                            "write the file with `exchpatch exposure`")
+    return doc
+
+
+def _needs_mitigation(intel: Intel, exposure: dict[str, Any], nodes: list[Node], now: dt.datetime,
+                      cvss_cache: dict[str, Any]) -> list[dict[str, Any]]:
+    """CVEs exposed on nodes that no catalog patch fixes, ranked like patches (same class and due date)."""
+    by_name = {n.name: n for n in nodes}
+    exposed_nodes = exposure.get("nodes") or {}
+    out = []
+    for cve, entry in exposure["cves"].items():
+        if not entry.get("needs_mitigation") or not entry.get("unfixed_nodes"):
+            continue
+        targets = []
+        for name in entry["unfixed_nodes"]:
+            node = by_name.get(name)
+            if node is None:
+                info = exposed_nodes.get(name) or {}
+                component = str(info.get("component") or "")
+                node = Node(name, component, str(info.get("version") or ""),
+                            DEFAULT_CRITICALITY.get(component, "very_high"), DEFAULT_EXPOSURE)
+            targets.append(node)
+        d = decide_cve(cve, intel, targets, now, cvss_cache)
+        explanation = [dict(f, factor=f"{d.id} {f['factor']}") for f in d.explanation]
+        explanation.append(_fact("needs_mitigation", entry["unfixed_nodes"],
+                                 "exposure: SBOM matched against OSV/NVD, VEX applied",
+                                 "no catalog patch removes it from these nodes: mitigate (config, WAF, isolate) "
+                                 "or build a release"))
+        out.append({
+            "cve": cve, "id": cve, "class": d.ssvc_deployer, "due": d.due, "overdue": d.overdue,
+            "score": _score(d.ssvc_deployer, d.due, d.epss, d.cvss, now), "window": "now" if (
+                d.ssvc_deployer == "immediate" or d.overdue) else "any",
+            "nodes": sorted(entry["unfixed_nodes"]), "packages": list(entry.get("packages") or []),
+            "flagged_by": list(entry.get("flagged_by") or []), "cves": [d.as_json()], "explanation": explanation,
+            "_epss": d.epss, "_cvss": d.cvss, "_change_risk": (0, 0, 0),
+        })
+    out.sort(key=sort_key)
+    for i, e in enumerate(out, 1):
+        e["rank"] = i
+        del e["id"], e["_epss"], e["_cvss"], e["_change_risk"]
+    return out
+
+
+def build_plan(intel: Intel, patches: list[Patch], nodes: list[Node], now: dt.datetime,
+               exposure: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ranked plan document (see the ``patch_plan`` module's RETURN).
+
+    With an ``exposure`` document, CVEs a patch removes without listing them are added to it (``derived``),
+    claimed fixes its SBOM contradicts are marked ``flagged``, and CVEs no patch fixes are ranked under
+    ``needs_mitigation`` with the same SSVC class and due date."""
     cvss_cache: dict[str, Any] = {}
+    checks = (exposure or {}).get("patches") or {}
     ranked: list[dict[str, Any]] = []
     not_needed: list[dict[str, Any]] = []
     for patch in patches:
@@ -342,7 +406,10 @@ def build_plan(intel: Intel, patches: list[Patch], nodes: list[Node], now: dt.da
             not_needed.append({"id": patch.id, "component": patch.component, "version": patch.version,
                                "reason": reason})
             continue
-        decisions = [decide_cve(cve, intel, targets, now, cvss_cache) for cve in patch.fixes]
+        check = checks.get(patch.id) or {}
+        derived = [c for c in check.get("derived", []) if isinstance(c, str) and c not in patch.fixes]
+        flagged = {f.get("cve") for f in check.get("flagged", []) if isinstance(f, dict)}
+        decisions = [decide_cve(cve, intel, targets, now, cvss_cache) for cve in (*patch.fixes, *derived)]
         if decisions:
             klass = min((d.ssvc_deployer for d in decisions), key=_ssvc.class_rank)
             dues = [d.due for d in decisions if d.due]
@@ -358,6 +425,12 @@ def build_plan(intel: Intel, patches: list[Patch], nodes: list[Node], now: dt.da
             explanation += [dict(f, factor=f"{d.id} {f['factor']}") for f in d.explanation]
         if not decisions:
             explanation.append(_fact("fixes", [], patch.source, "fixes no CVE: class defer, no due date"))
+        if derived:
+            explanation.append(_fact("derived_fixes", derived, "exposure: SBOM diff running release -> patch",
+                                     "removed by the patch though not in its catalog fixes; ranked with them"))
+        if flagged:
+            explanation.append(_fact("flagged_fixes", sorted(flagged), "exposure: SBOM diff running release -> patch",
+                                     "claimed in fixes, but the patch does not remove the affected component"))
         explanation += [
             _fact("class", klass, f"most urgent SSVC deployer outcome over {len(decisions)} CVE(s) and "
                   f"{len(targets)} target(s)", "primary order"),
@@ -382,7 +455,7 @@ def build_plan(intel: Intel, patches: list[Patch], nodes: list[Node], now: dt.da
             "window": window,
             "targets": sorted(n.name for n in targets),
             "markets": markets,
-            "cves": [d.as_json() for d in decisions],
+            "cves": [dict(d.as_json(), derived=d.id in derived, flagged=d.id in flagged) for d in decisions],
             "explanation": explanation,
             "_epss": epss,
             "_cvss": cvss,
@@ -397,4 +470,5 @@ def build_plan(intel: Intel, patches: list[Patch], nodes: list[Node], now: dt.da
         "generated_at": now.isoformat().replace("+00:00", "Z"),
         "patches": ranked,
         "not_needed": sorted(not_needed, key=lambda e: e["id"]),
+        "needs_mitigation": _needs_mitigation(intel, exposure, nodes, now, cvss_cache) if exposure else [],
     }

@@ -71,6 +71,13 @@ options:
     description:
       - Write the plan to this JSON file (atomically). Nothing is written when planning fails.
     type: path
+  exposure:
+    description:
+      - An exposure document written by M(exchangeops.patching.exposure) (C(exchpatch exposure); the feed
+        cache's C(exposure.json)). With it, CVEs a patch removes without listing them are ranked with the patch
+        (C(derived)), claimed fixes its SBOM contradicts are marked C(flagged), and CVEs no catalog patch
+        fixes are ranked under RV(plan.needs_mitigation) with the same SSVC class and due date.
+    type: path
   max_feed_size:
     description:
       - The largest feed file read, in bytes or with a unit (C(256M), C(1G)); a gzip-compressed
@@ -120,12 +127,21 @@ plan:
           (ISO date or null for fix-on-upgrade), C(overdue), C(score) (0-100; the class sets
           the band), C(window), C(targets), C(markets), C(cves) (per CVE C(id), C(kev), C(epss),
           C(cvss), C(exploitation), C(automatable), C(technical_impact), C(ssvc_deployer),
-          C(ssvc_cisa), C(due), C(overdue), C(bod_26_04)) and C(explanation) (C(factor),
-          C(value), C(source), C(effect)).
+          C(ssvc_cisa), C(due), C(overdue), C(bod_26_04), C(derived) - removed by the patch per O(exposure)
+          but not in its catalog C(fixes) - and C(flagged) - claimed but contradicted by the SBOM) and
+          C(explanation) (C(factor), C(value), C(source), C(effect)).
       type: list
       elements: dict
     not_needed:
       description: Patches no node needs, with the reason.
+      type: list
+      elements: dict
+    needs_mitigation:
+      description:
+        - With O(exposure), CVEs exposed on nodes that no catalog patch fixes, most urgent first; each has
+          C(rank), C(cve), C(class), C(due), C(overdue), C(score), C(window), C(nodes), C(packages),
+          C(flagged_by) (patches that claim it although their SBOM still matches), C(cves) and
+          C(explanation), like a patch. Empty without O(exposure).
       type: list
       elements: dict
 bad_input:
@@ -197,6 +213,7 @@ def main() -> None:
             now=dict(type="str"),
             dest=dict(type="path"),
             max_feed_size=dict(type="str", default="256M"),
+            exposure=dict(type="path"),
         ),
         mutually_exclusive=[("facts", "facts_file")],
         required_one_of=[("facts", "facts_file")],
@@ -212,7 +229,8 @@ def main() -> None:
         nodes = _facts(module)
         patches = _catalog.load_catalog(module.params["catalog"])
         intel = _feeds.load_intel(module.params["feeds"], max_feed_size)
-        plan = _priority.build_plan(intel, patches, nodes, now)
+        exposure = _priority.load_exposure(module.params["exposure"]) if module.params["exposure"] else None
+        plan = _priority.build_plan(intel, patches, nodes, now, exposure)
     except (_feeds.FeedError, _catalog.CatalogError, _priority.PlanError) as e:
         module.fail_json(msg=str(e), bad_input=True)
     except Exception as e:  # noqa: BLE001  # pylint: disable=broad-except
