@@ -86,14 +86,14 @@ def plain_parse(paths: dict[str, Path]) -> int:
 
 
 def exposure(paths: dict[str, Path]) -> dict:
-    nodes, _ = _exposure.load_facts(str(paths["facts"]))
+    nodes, _patch_sboms = _exposure.load_facts(str(paths["facts"]))
     matcher = _exposure.Matcher(_exposure.load_osv([str(paths["osv"])]))
     return _exposure.compute(nodes, matcher, [], [], "2026-11-24T00:00:00Z")
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:
     best, result = float("inf"), None
-    for _ in range(repeat):
+    for _round in range(repeat):
         gc.collect()
         start = time.perf_counter()
         result = fn()
@@ -112,7 +112,7 @@ def main() -> None:
     folder = Path(tempfile.gettempdir()) / "exchpatch-bench-exposure"
     folder.mkdir(exist_ok=True)
     paths = generate(folder, args.records, args.nodes, args.components, args.releases)
-    t_parse, _ = timed(lambda: plain_parse(paths), args.repeat)
+    t_parse, _count = timed(lambda: plain_parse(paths), args.repeat)
     t_exp, doc = timed(lambda: exposure(paths), args.repeat)
     pairs = sum(len(e["nodes"]) for e in doc["cves"].values())
     rows = {

@@ -147,8 +147,8 @@ class VexStatement:
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value),
-                                                                                    type(value).__name__)
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _need_str(path: str, field: str, value: Any, fix: str) -> str:
@@ -446,7 +446,7 @@ def ref_covers(ref: str, comp: Component, sbom: Sbom) -> bool:
     if ref.startswith("pkg:"):
         return purl_covers(ref, comp)
     if ref.startswith("urn:cdx:"):
-        head, _, bom_ref = ref.partition("#")
+        head, _sep, bom_ref = ref.partition("#")
         serial = head[len("urn:cdx:"):].rsplit("/", 1)[0]
         return bool(bom_ref) and sbom.serial == f"urn:uuid:{serial}" and comp.bom_ref == bom_ref
     return comp.bom_ref is not None and comp.bom_ref == ref

@@ -47,7 +47,7 @@ options:
     type: path
   osv:
     description:
-      - OSV files (C({"vulns": [...]}) as the feed cache's C(osv.json), a list of records, or one record).
+      - 'OSV files: C({"vulns": [...]}) as the feed cache''s C(osv.json), a list of records, or one record.'
     type: list
     elements: path
     required: true

@@ -26,8 +26,9 @@ BAD_SBOMS = {
                                "components[0].name"),
     "bad purl": (_sbom_with(components=[{"type": "library", "name": "x", "purl": "npm:left-pad@1"}]),
                  "components[0].purl"),
-    "purl and version disagree": (_sbom_with(components=[{"type": "library", "name": "x", "version": "2",
-                                                           "purl": "pkg:pypi/x@1"}]), "components[0].purl"),
+    "purl and version disagree": (
+        _sbom_with(components=[{"type": "library", "name": "x", "version": "2", "purl": "pkg:pypi/x@1"}]),
+        "components[0].purl"),
     "nested garbage": (_sbom_with(components=[{"type": "library", "name": "x", "components": [7]}]),
                        "components[0].components[0]"),
     "duplicate bom-ref": (_sbom_with(components=[{"type": "library", "name": "a", "bom-ref": "r"},
@@ -142,8 +143,8 @@ def test_bad_osv_names_record(tmp_path, case):
 
 def test_unparsable_versions_are_warned_not_dropped(tmp_path):
     db = _exposure.OsvDb()
-    db.add_doc({"vulns": [_osv(ranges=[{"type": "ECOSYSTEM", "events": [{"introduced": "0"},
-                                                                         {"fixed": "not a version!"}]}])]}, "o")
+    events = [{"introduced": "0"}, {"fixed": "not a version!"}]
+    db.add_doc({"vulns": [_osv(ranges=[{"type": "ECOSYSTEM", "events": events}])]}, "o")
     matcher = _exposure.Matcher(db)
     comp = _sbom.sbom_from_doc(fleet.sbom("a", "1.0.0", ["pkg:pypi/x@1.0"]), "s").components[0]
     assert matcher.component(comp) == ()
