@@ -579,7 +579,7 @@ def _single_file(ctx: Context, fs: dict[str, Any], feed: str, mirror_names: tupl
     """KEV and EPSS: one file, conditional GET, gzip (EPSS) decompressed before validation."""
     rel = FILES[feed]
     if ctx.opts.check:
-        return Outcome("would_sync", detail={"requests": [ctx.source(feed)],
+        return Outcome("would_sync", detail={"would_request": [ctx.source(feed)],
                                              "conditional": bool(_conditional(fs, ctx.opts.cache_dir))})
     etag = last_modified = None
     if ctx.opts.mirror:
