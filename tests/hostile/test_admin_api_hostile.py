@@ -244,7 +244,7 @@ def test_fleet_info_sbom_reads_each_nodes_sbom_and_a_node_without_one_is_an_erro
         nodes = [{"name": "me-1", "url": a.url, "token": TOKEN}, {"name": "me-2", "url": b.url, "token": TOKEN},
                  {"name": "me-3", "url": c.url, "token": TOKEN}]
         result, output = run_fleet_info(tmp_path, nodes=nodes, sbom=True)
-        plain, _ = run_fleet_info(tmp_path, nodes=nodes[:1])
+        plain = run_fleet_info(tmp_path, nodes=nodes[:1])[0]
     assert TOKEN not in output
     assert result["sboms"] == {"me-1": sbom} and result["results"][0]["sbom"] == sbom
     # a node whose SBOM cannot be read is never taken as exposed to nothing: it is an error, named
