@@ -122,7 +122,7 @@ def main() -> int:
 
             t_inc, inc = best(incremental)
             rows.append(("feed sync, incremental (nothing changed)", t_inc,
-                         f"{inc['feeds']['nvd']['requests']} request, cache re-validated"))
+                         f"{inc['feeds']['nvd']['requests']} request, nvd.json kept as it is"))
             t_load, _ = best(lambda: _feeds.load_feed(str(cache / "nvd.json"), _feedsync.MAX_CACHE_FILE))
             rows.append(("of which _feeds.load_feed of nvd.json (validation)", t_load, ""))
             written = (cache / "nvd.json").stat().st_size
