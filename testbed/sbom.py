@@ -3,10 +3,12 @@
 A release of the testbed node code stands for a real trading-system release, which ships on a
 base image and links third-party code: OpenSSL, OpenSSH, xz/liblzma, zlib, libsecp256k1 (the
 wallet's signer), CPython and a few Python packages. Each release's SBOM lists them as they would
-be on Debian 12 (bookworm), by purl, at the versions that release ships, so exposure can be
-matched against real OSV records. Older releases ship versions with real, published
-vulnerabilities (OpenSSH ``1:9.2p1-2+deb12u2``: CVE-2024-6387 "regreSSHion", fixed in
-``+deb12u3``); the releases that follow upgrade them.
+be on Ubuntu 24.04 LTS (noble), by source-package purl, at the versions that release ships, so
+exposure can be matched against real OSV records (Ubuntu publishes its OSV feed). Older releases
+ship versions with real, published vulnerabilities (OpenSSH ``1:9.6p1-3ubuntu13``: CVE-2024-6387
+"regreSSHion", fixed in ``1:9.6p1-3ubuntu13.3``); the releases that follow upgrade them. xz-utils
+is noble's ``5.6.1+really5.4.5-1``: the name says 5.6.1, the code is 5.4.5, and the backdoor
+(CVE-2024-3094) is not in it.
 
 The document is deterministic (no timestamp; the serial number is derived from the component
 and version), so a release's tarball stays byte-for-byte reproducible.
@@ -23,34 +25,35 @@ from packageurl import PackageURL
 
 SBOM_FILE = "sbom.cdx.json"
 _NAMESPACE = uuid.UUID("5b0f8a58-3f57-4d2b-9d0e-6c1d1f5c2a71")
-_DISTRO = "debian-12"
+_DISTRO = "ubuntu-24.04"
 
 # (first release of the component that ships it, package, version), newest last per package.
 # A release ships, per package, the version of the newest row whose first release <= its version.
+# Ubuntu 24.04 LTS ("noble") source packages at versions noble shipped.
 _DEB = {
     "matching-engine": [
-        ("0", "glibc", "2.36-9+deb12u4"),
-        ("0", "openssl", "3.0.11-1~deb12u2"),
-        ("0", "openssh", "1:9.2p1-2+deb12u2"),
-        ("0", "xz-utils", "5.4.1-0.2"),
-        ("0", "zlib", "1:1.2.13.dfsg-1"),
-        ("0", "python3.11", "3.11.2-6"),
-        ("0", "ca-certificates", "20230311"),
-        ("1.4.3", "openssh", "1:9.2p1-2+deb12u3"),
-        ("1.5.0", "openssl", "3.0.15-1~deb12u1"),
-        ("1.5.0", "glibc", "2.36-9+deb12u7"),
+        ("0", "glibc", "2.39-0ubuntu8"),
+        ("0", "openssl", "3.0.13-0ubuntu3"),
+        ("0", "openssh", "1:9.6p1-3ubuntu13"),
+        ("0", "xz-utils", "5.6.1+really5.4.5-1"),
+        ("0", "zlib", "1:1.3.dfsg-3.1ubuntu2"),
+        ("0", "python3.12", "3.12.3-1"),
+        ("0", "ca-certificates", "20240203"),
+        ("1.4.3", "openssh", "1:9.6p1-3ubuntu13.3"),
+        ("1.5.0", "openssl", "3.0.13-0ubuntu3.4"),
+        ("1.5.0", "glibc", "2.39-0ubuntu8.3"),
     ],
     "wallet-signer": [
-        ("0", "glibc", "2.36-9+deb12u4"),
-        ("0", "openssl", "3.0.11-1~deb12u2"),
-        ("0", "openssh", "1:9.2p1-2+deb12u2"),
-        ("0", "xz-utils", "5.4.1-0.2"),
-        ("0", "zlib", "1:1.2.13.dfsg-1"),
+        ("0", "glibc", "2.39-0ubuntu8"),
+        ("0", "openssl", "3.0.13-0ubuntu3"),
+        ("0", "openssh", "1:9.6p1-3ubuntu13"),
+        ("0", "xz-utils", "5.6.1+really5.4.5-1"),
+        ("0", "zlib", "1:1.3.dfsg-3.1ubuntu2"),
         ("0", "libsecp256k1", "0.2.0-2"),
-        ("0", "python3.11", "3.11.2-6"),
-        ("0", "ca-certificates", "20230311"),
-        ("2.3.1", "openssh", "1:9.2p1-2+deb12u3"),
-        ("2.3.1", "openssl", "3.0.15-1~deb12u1"),
+        ("0", "python3.12", "3.12.3-1"),
+        ("0", "ca-certificates", "20240203"),
+        ("2.3.1", "openssh", "1:9.6p1-3ubuntu13.3"),
+        ("2.3.1", "openssl", "3.0.13-0ubuntu3.4"),
     ],
 }
 _PYPI = {
@@ -74,11 +77,11 @@ def _pick(rows: list[tuple[str, str, str]], version: str) -> dict[str, str]:
 def release_sbom(component: str, version: str) -> dict[str, Any]:
     """The CycloneDX 1.6 document of one testbed release."""
     components: list[dict[str, Any]] = [{
-        "type": "operating-system", "name": "debian", "version": "12",
-        "bom-ref": "os:debian@12",
+        "type": "operating-system", "name": "ubuntu", "version": "24.04",
+        "bom-ref": "os:ubuntu@24.04",
     }]
     for name, pkg_version in sorted(_pick(_DEB[component], version).items()):
-        purl = PackageURL(type="deb", namespace="debian", name=name, version=pkg_version,
+        purl = PackageURL(type="deb", namespace="ubuntu", name=name, version=pkg_version,
                           qualifiers={"arch": "source", "distro": _DISTRO}).to_string()
         components.append({"type": "library", "name": name, "version": pkg_version, "purl": purl,
                            "bom-ref": purl})
