@@ -65,7 +65,7 @@ def test_rate_limiter_never_lets_limit_plus_one_requests_into_a_window():
 
     limiter = _feedsync.RateLimiter(5, 30.0, lambda: now[0], sleep)
     starts = []
-    for _ in range(12):
+    for _request in range(12):
         limiter.acquire()
         starts.append(now[0])
         now[0] += 0.1  # the request takes 0.1 s
