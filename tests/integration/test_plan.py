@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 FEEDS = sorted(str(p) for p in (REPO / "feeds").iterdir() if p.is_file())
 CATALOG = str(REPO / "patches")
+REAL_OSV = REPO / "tests" / "fixtures" / "osv-real"
 NOW = "2026-11-24T00:00:00Z"
 FACTS = {"nodes": [
     {"name": "match-0a", "component": "matching-engine", "version": "1.4.2", "criticality": "very_high",
@@ -165,12 +166,44 @@ def test_live_plan_reads_every_node(tmp_path):
         assert me and set(me[0]["targets"]) == {"match-0a", "match-0b"}
         tokens = [n.token() for n in f.nodes]
         assert not any(t in res.stdout + res.stderr for t in tokens)
-        # a node that cannot be read fails the plan: missing data is never taken as "up to date"
+
+        # Exposure, live: every node's running-release SBOM (GET /v1/sbom through fleet_info) against a real
+        # OSV record. The testbed's baseline ships OpenSSH 1:9.6p1-3ubuntu13 (regreSSHion); the 1.4.3 release
+        # built here upgrades it without listing the CVE, so the fixes check derives it; no wallet patch exists.
+        from testbed.release import build_release
+
+        catalog = tmp_path / "catalog"
+        build_release(root / "releases", root / "keys", catalog, "matching-engine", "1.4.3", fixes=["CVE-2026-31337"])
+        cache = tmp_path / "cache"
+        exposure = exchpatch("exposure", "--inventory", f.inventory_dir,
+                             "--osv", str(REAL_OSV / "UBUNTU-CVE-2024-6387.json"),
+                             "--osv", str(REAL_OSV / "DEBIAN-CVE-2024-3094.json"), "--catalog", str(catalog),
+                             "--cache", str(cache), "--now", NOW, "--json")
+        assert exposure.returncode == 0, exposure.stdout + exposure.stderr
+        assert not any(t in exposure.stdout + exposure.stderr for t in tokens)
+        doc = json.loads(exposure.stdout)
+        regresshion = doc["cves"]["CVE-2024-6387"]
+        assert sorted(regresshion["nodes"]) == ["match-0a", "match-0b", "wallet-1"]
+        assert regresshion["fixed_by"] == ["matching-engine-1.4.3"]
+        assert "CVE-2024-3094" not in doc["cves"]  # noble's xz-utils 5.6.1+really5.4.5 is not the backdoor
+        assert json.loads((cache / "exposure.json").read_text()) == doc
+        res = exchpatch("plan", *feed_args(FEEDS), "--catalog", str(catalog), "--inventory", f.inventory_dir,
+                        "--exposure", str(cache / "exposure.json"), "--now", NOW, "--json")
+        assert res.returncode == 0, res.stdout + res.stderr
+        plan = json.loads(res.stdout)
+        assert [m["nodes"] for m in plan["needs_mitigation"] if m["cve"] == "CVE-2024-6387"] == [["wallet-1"]]
+
+        # a node that cannot be read fails the plan and the exposure: missing data is never taken as
+        # "up to date" or "exposed to nothing"; the exposure saved before is kept
         tb.supervisorctl(f.node("wallet-1"), "stop", "wallet-signer")
         res = exchpatch("plan", *feed_args(FEEDS), "--catalog", CATALOG, "--inventory", f.inventory_dir,
                         "--now", NOW)
         assert res.returncode == 1
         assert "wallet-1" in res.stderr
+        exposure = exchpatch("exposure", "--inventory", f.inventory_dir, "--osv",
+                             str(REAL_OSV / "UBUNTU-CVE-2024-6387.json"), "--cache", str(cache))
+        assert exposure.returncode == 1 and "wallet-1" in exposure.stderr, exposure.stdout + exposure.stderr
+        assert json.loads((cache / "exposure.json").read_text()) == doc
     finally:
         tb.down(root)
         shutil.rmtree(root, ignore_errors=True)
