@@ -93,9 +93,9 @@ def main() -> int:
             runs = [timed(func) for _ in range(args.repeat)]
             return min(runs, key=lambda r: r[0])
 
-        t_parse, _ = best(lambda: [json.loads(p) for p in pages])
+        t_parse, _parsed = best(lambda: [json.loads(p) for p in pages])
         rows.append(("json.loads of every page (bytes in memory)", t_parse, "floor"))
-        t_http, _ = best(lambda: [json.loads(urllib.request.urlopen(u, timeout=120).read()) for u in urls])
+        t_http, _fetched = best(lambda: [json.loads(urllib.request.urlopen(u, timeout=120).read()) for u in urls])
         rows.append(("urllib GET + json.loads of every page", t_http, "floor with HTTP"))
 
         with tempfile.TemporaryDirectory(prefix="exchpatch-bench-feeds-") as tmp:
@@ -123,7 +123,7 @@ def main() -> int:
             t_inc, inc = best(incremental)
             rows.append(("feed sync, incremental (nothing changed)", t_inc,
                          f"{inc['feeds']['nvd']['requests']} request, nvd.json kept as it is"))
-            t_load, _ = best(lambda: _feeds.load_feed(str(cache / "nvd.json"), _feedsync.MAX_CACHE_FILE))
+            t_load, _loaded = best(lambda: _feeds.load_feed(str(cache / "nvd.json"), _feedsync.MAX_CACHE_FILE))
             rows.append(("of which _feeds.load_feed of nvd.json (validation)", t_load, ""))
             written = (cache / "nvd.json").stat().st_size
     finally:

@@ -198,8 +198,8 @@ def test_csaf_directory_distribution_with_sha512(server, cache, tmp_path):
     server.data.csaf["esa-2026-002.json"] = csaf_doc("ESA-2026-002", "CVE-2024-3094")
     result = _feedsync.sync(all_options(server, cache, tmp_path, only=("csaf",)))
     assert result["ok"], result["errors"]
-    assert sorted(p.name for p in (cache / "csaf" / "127.0.0.1").iterdir()) == ["esa-2026-001.json",
-                                                                              "esa-2026-002.json"]
+    names = sorted(p.name for p in (cache / "csaf" / "127.0.0.1").iterdir())
+    assert names == ["esa-2026-001.json", "esa-2026-002.json"]
     assert server.requests("/csaf/dir/changes.csv") and server.requests("/csaf/dir/2026/esa-2026-002.json.sha512")
     server.log.clear()
     assert _feedsync.sync(all_options(server, cache, tmp_path, only=("csaf",)))["ok"]
@@ -340,8 +340,8 @@ def test_mirror_mode_reads_the_same_files_from_a_folder(server, cache, tmp_path)
     vr.mkdir(parents=True)
     (vr / "CVE-2024-6387.json").write_text(json.dumps(cve5_record("CVE-2024-6387")))
     (mirror / "osv").mkdir()
-    (mirror / "osv" / "DEBIAN-CVE-2024-6387.json").write_text(json.dumps(osv_record("DEBIAN-CVE-2024-6387",
-                                                                                     "CVE-2024-6387")))
+    record = osv_record("DEBIAN-CVE-2024-6387", "CVE-2024-6387")
+    (mirror / "osv" / "DEBIAN-CVE-2024-6387.json").write_text(json.dumps(record))
     host = mirror / "csaf" / "psirt.example.com"
     host.mkdir(parents=True)
     body = json.dumps(csaf_doc("ESA-2026-001", "CVE-2024-6387")).encode()
