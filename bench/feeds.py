@@ -90,7 +90,7 @@ def main() -> int:
         size = sum(len(p) for p in pages)
 
         def best(func) -> tuple[float, object]:
-            runs = [timed(func) for _ in range(args.repeat)]
+            runs = [timed(func) for _run in range(args.repeat)]
             return min(runs, key=lambda r: r[0])
 
         t_parse, _parsed = best(lambda: [json.loads(p) for p in pages])
