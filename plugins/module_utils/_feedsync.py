@@ -49,7 +49,7 @@ from email.utils import parsedate_to_datetime
 from types import MappingProxyType
 from typing import Any
 
-from ansible_collections.exchangeops.patching.plugins.module_utils import _feeds, _safe_io
+from ansible_collections.exchangeops.patching.plugins.module_utils import _feeds, _safe_io, _sbom
 from ansible_collections.exchangeops.patching.plugins.module_utils._errors import InputError
 
 FEEDS = ("kev", "epss", "nvd", "vulnrichment", "osv", "csaf")
@@ -78,6 +78,23 @@ NVD_RATE_WINDOW_S = 30.0
 NVD_LIMIT_NO_KEY = 5
 NVD_LIMIT_WITH_KEY = 50
 OSV_BATCH = 1000  # the querybatch API's limit of queries per request
+# Distribution packages are asked by ecosystem, name and version, not by purl: the API answers nothing for
+# pkg:deb/ubuntu purls with a version and ignores the distro qualifier (google/osv.dev#2842, #3126). The
+# records come back for every release of the distribution; exposure matches the node's own release.
+_OSV_DISTROS = MappingProxyType({("deb", "debian"): "Debian", ("deb", "ubuntu"): "Ubuntu", ("apk", "alpine"): "Alpine"})
+
+
+def osv_query(purl: str) -> dict[str, Any]:
+    """The querybatch query for one SBOM purl: ``{"package": {"purl"}}``, or by ecosystem for a distro package."""
+    if _sbom.HAS_PACKAGEURL:
+        try:
+            p = _sbom.parse_purl(purl)
+        except _sbom.SbomError:
+            p = None
+        ecosystem = _OSV_DISTROS.get((p.type, (p.namespace or "").lower())) if p is not None else None
+        if ecosystem and p.version:
+            return {"package": {"name": p.name, "ecosystem": ecosystem}, "version": p.version}
+    return {"package": {"purl": purl}}
 OSV_MAX_PAGES = 1000
 
 MAX_AGE_S = 48 * 3600.0  # warn: any feed older than this
@@ -854,7 +871,7 @@ def sync_osv(ctx: Context, fs: dict[str, Any]) -> Outcome:
             if rounds > OSV_MAX_PAGES:
                 raise FeedFailure(f"querybatch still paginating after {OSV_MAX_PAGES} rounds")
             batch, pending = pending[:OSV_BATCH], pending[OSV_BATCH:]
-            queries = [{"package": {"purl": p}, **({"page_token": t} if t else {})} for p, t in batch]
+            queries = [{**osv_query(p), **({"page_token": t} if t else {})} for p, t in batch]
             resp = ctx.http.fetch(f"{base}/v1/querybatch", data=json.dumps({"queries": queries}).encode("utf-8"))
             doc = _json(resp.body, "OSV querybatch")
             results = doc.get("results") if isinstance(doc, dict) else None

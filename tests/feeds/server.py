@@ -115,7 +115,7 @@ class FeedData:
     nvd_api_key: str | None = None  # when set, a request without it is answered 403 (like a wrong key)
     vulnrichment: dict[str, dict[str, Any]] = field(default_factory=dict)
     osv: dict[str, dict[str, Any]] = field(default_factory=dict)
-    osv_by_purl: dict[str, list[str]] = field(default_factory=dict)  # purl -> ids
+    osv_by_purl: dict[str, list[str]] = field(default_factory=dict)  # purl, or "Ecosystem/name@version" -> ids
     osv_page: int = 1000  # ids per querybatch result page (next_page_token beyond)
     csaf: dict[str, dict[str, Any]] = field(default_factory=dict)  # doc name -> document
     csaf_mode: str = "rolie"  # rolie | directory
@@ -292,7 +292,9 @@ class _Handler(BaseHTTPRequestHandler):
         queries = json.loads(body)["queries"]
         results = []
         for q in queries:
-            ids = d.osv_by_purl.get(q["package"]["purl"], [])
+            pkg = q["package"]
+            key = pkg["purl"] if "purl" in pkg else f"{pkg['ecosystem']}/{pkg['name']}@{q['version']}"
+            ids = d.osv_by_purl.get(key, [])
             start = int(q.get("page_token") or 0)
             chunk = ids[start:start + d.osv_page]
             res: dict[str, Any] = {"vulns": [{"id": i, "modified": d.osv[i]["modified"]} for i in chunk]} \

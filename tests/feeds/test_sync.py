@@ -25,6 +25,8 @@ from tests.feeds.server import (
 ALL = ("kev", "epss", "nvd", "vulnrichment", "osv", "csaf")
 SSH = "pkg:deb/debian/openssh@1:9.2p1-2+deb12u2?distro=debian-12"
 XZ = "pkg:deb/debian/xz-utils@5.4.1-0.2?distro=debian-12"
+# what the server is asked for them: distro packages by ecosystem, name and version (osv.dev#2842)
+SSH_Q, XZ_Q = "Debian/openssh@1:9.2p1-2+deb12u2", "Debian/xz-utils@5.4.1-0.2"
 
 
 def sbom(tmp_path: Path) -> Path:
@@ -48,7 +50,7 @@ def full_server(server: FeedServer) -> None:
     d.osv = {"DEBIAN-CVE-2024-6387": osv_record("DEBIAN-CVE-2024-6387", "CVE-2024-6387"),
              "DEBIAN-CVE-2024-3094": osv_record("DEBIAN-CVE-2024-3094", "CVE-2024-3094", "xz-utils",
                                                 "5.6.1+really5.4.5-1")}
-    d.osv_by_purl = {SSH: ["DEBIAN-CVE-2024-6387"], XZ: ["DEBIAN-CVE-2024-3094"]}
+    d.osv_by_purl = {SSH_Q: ["DEBIAN-CVE-2024-6387"], XZ_Q: ["DEBIAN-CVE-2024-3094"]}
     d.csaf = {"esa-2026-001.json": csaf_doc("ESA-2026-001", "CVE-2024-6387")}
 
 
@@ -87,8 +89,11 @@ def test_first_sync_fills_a_cache_the_plan_can_read(server, cache, tmp_path):
     # OSV: one querybatch for both purls (the nested one too), then one GET per vulnerability
     batch = server.requests("/v1/querybatch")
     assert len(batch) == 1
-    assert sorted(q["package"]["purl"] for q in json.loads(batch[0].body)["queries"]) == sorted(
-        [SSH, XZ, "pkg:generic/exchangeops/matching-engine@1.4.3"])
+    assert sorted(json.dumps(q, sort_keys=True) for q in json.loads(batch[0].body)["queries"]) == sorted(
+        json.dumps(q, sort_keys=True) for q in [
+            {"package": {"name": "openssh", "ecosystem": "Debian"}, "version": "1:9.2p1-2+deb12u2"},
+            {"package": {"name": "xz-utils", "ecosystem": "Debian"}, "version": "5.4.1-0.2"},
+            {"package": {"purl": "pkg:generic/exchangeops/matching-engine@1.4.3"}}])
     assert len(server.requests("/v1/vulns/")) == 2
     # CSAF: the TLP:AMBER feed is not fetched, the document's published hash is
     assert not server.requests("/csaf/feed-tlp-amber.json") and server.requests("/csaf/docs/esa-2026-001.json.sha256")
@@ -277,7 +282,7 @@ def test_osv_follows_next_page_token(server, cache, tmp_path):
     full_server(server)
     ids = [f"DEBIAN-CVE-2024-{n}" for n in (6387, 6388, 6389)]
     server.data.osv = {i: osv_record(i, i.removeprefix("DEBIAN-")) for i in ids}
-    server.data.osv_by_purl = {SSH: ids}
+    server.data.osv_by_purl = {SSH_Q: ids}
     server.data.osv_page = 1
     result = _feedsync.sync(all_options(server, cache, tmp_path, only=("osv",)))
     assert result["ok"], result["errors"]

@@ -78,3 +78,14 @@ def test_freshness_of_an_empty_cache_refuses_and_lists_no_files(tmp_path):
     fresh = _feedsync.freshness(str(tmp_path), datetime(2026, 11, 24, tzinfo=UTC))
     assert fresh["refuse"] and set(fresh["feeds"]) == set(_feedsync.FEEDS)
     assert _feedsync.cache_files(str(tmp_path)) == []
+
+
+def test_osv_queries_distro_packages_by_ecosystem_and_everything_else_by_purl():
+    """OSV answers nothing for a pkg:deb/ubuntu purl with a version (google/osv.dev#2842): ask by ecosystem."""
+    ubuntu = "pkg:deb/ubuntu/openssh@1:9.6p1-3ubuntu13?arch=source&distro=ubuntu-24.04"
+    assert _feedsync.osv_query(ubuntu) == {"package": {"name": "openssh", "ecosystem": "Ubuntu"},
+                                           "version": "1:9.6p1-3ubuntu13"}
+    assert _feedsync.osv_query("pkg:deb/debian/xz-utils@5.6.0-0.2?distro=debian-13")["package"]["ecosystem"] == "Debian"
+    for purl in ("pkg:pypi/django@4.0.3", "pkg:generic/exchangeops/matching-engine@1.4.3",
+                 "pkg:deb/ubuntu/openssh", "not a purl"):
+        assert _feedsync.osv_query(purl) == {"package": {"purl": purl}}
