@@ -287,11 +287,20 @@ def _exit_code(job: Job, ok: bool) -> int:
 @_data_only
 def plan(feeds: Sequence[str], catalog: str, *, inventory: str | Path | None = None, facts: str | None = None,
          now: str | None = None, allow_inventory_scripts: bool = False, event_handler: EventHandler | None = None,
-         status_handler: StatusHandler | None = None, exposure: str | None = None) -> Job:
+         status_handler: StatusHandler | None = None, exposure: str | None = None, feed_cache: str | None = None,
+         max_feed_age_hours: float | None = None, max_kev_age_hours: float | None = None,
+         allow_stale_kev: bool = False) -> Job:
     """Rank pending patches (``playbooks/plan.yml``); the result carries the plan document. ``exposure`` (an
-    ``exchpatch exposure`` document) adds derived/flagged fixes and the CVEs no patch fixes (needs mitigation)."""
-    if not feeds:
-        raise BadInput("give at least one advisory feed (--feed PATH)")
+    ``exchpatch exposure`` document) adds derived/flagged fixes and the CVEs no patch fixes (needs mitigation).
+    ``feed_cache`` (a folder ``exchpatch feeds sync`` keeps) adds every cached feed and its ``exposure.json``;
+    the plan warns about feeds older than ``max_feed_age_hours`` and refuses a KEV catalog older than
+    ``max_kev_age_hours`` unless ``allow_stale_kev``."""
+    if not feeds and feed_cache is None:
+        raise BadInput("give an advisory feed (--feed PATH) or a feed cache (--feed-cache DIR, filled by "
+                       "exchpatch feeds sync)")
+    if feed_cache is None and (max_feed_age_hours is not None or max_kev_age_hours is not None or allow_stale_kev):
+        raise BadInput("--max-feed-age-hours, --max-kev-age-hours and --allow-stale-kev judge a feed cache; "
+                       "give --feed-cache DIR too")
     if inventory is not None and facts is not None:
         raise BadInput("give an inventory (live facts) or a facts file (offline), not both")
     extravars: dict[str, Any] = {"plan_feeds": [_check_file(f, "feed") for f in feeds]}
@@ -310,6 +319,19 @@ def plan(feeds: Sequence[str], catalog: str, *, inventory: str | Path | None = N
         extravars["plan_now"] = now
     if exposure is not None:
         extravars["plan_exposure"] = _check_file(exposure, "exposure file")
+    if feed_cache is not None:
+        cache = Path(feed_cache).expanduser()
+        if not (cache / "state.json").is_file():
+            raise BadInput(f"feed cache {feed_cache}: no state.json, so no feed was ever synced there; run "
+                           f"`exchpatch feeds sync --cache {feed_cache}` first, or check the path")
+        extravars["plan_feed_cache"] = str(cache.resolve())
+        for name, flag, hours in (("plan_feed_max_age_hours", "--max-feed-age-hours", max_feed_age_hours),
+                                  ("plan_kev_max_age_hours", "--max-kev-age-hours", max_kev_age_hours)):
+            if hours is not None:
+                if not hours > 0:
+                    raise BadInput(f"{flag} {hours}: give a positive number of hours")
+                extravars[name] = float(hours)
+        extravars["plan_allow_stale_kev"] = bool(allow_stale_kev)
     dest = data_dir() / f"plan-{os.getpid()}-{id(extravars):x}.json"
     extravars["plan_dest"] = str(dest)
 

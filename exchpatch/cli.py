@@ -162,6 +162,9 @@ def _plan_text(plan: dict[str, Any]) -> str:
         "cves": ",".join(c["id"] for c in p["cves"]) or "-",
     } for p in plan["patches"]]
     out = [f"patch plan at {plan['generated_at']}", ""]
+    fresh = plan.get("feed_freshness")
+    if fresh:
+        out += [f"feeds from {fresh['cache_dir']}"] + [f"   WARNING: {w}" for w in fresh["warnings"]] + [""]
     out.append(_table(rows, ["rank", "patch", "component", "version", "class", "due", "score", "window",
                              "targets", "cves"]) if rows else "no patch is needed")
     for p in plan["patches"]:
@@ -237,7 +240,9 @@ def cmd_plan(args: argparse.Namespace) -> tuple[int, Any, str]:
 
     args.progress = False
     result = _start(api.plan, args, args.feed, args.catalog, inventory=args.inventory, facts=args.facts,
-                    now=args.now, allow_inventory_scripts=args.allow_inventory_scripts, exposure=args.exposure)
+                    now=args.now, allow_inventory_scripts=args.allow_inventory_scripts, exposure=args.exposure,
+                    feed_cache=args.feed_cache, max_feed_age_hours=args.max_feed_age_hours,
+                    max_kev_age_hours=args.max_kev_age_hours, allow_stale_kev=args.allow_stale_kev)
     _failed(result)
     if result.exit_code:
         raise CliError(result.message or "plan failed", result.exit_code)
@@ -486,8 +491,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("node")
     p.set_defaults(func=cmd_testbed_promote)
     p = sub.add_parser("plan", parents=[common], help="rank pending patches by risk, with explanations")
-    p.add_argument("--feed", action="append", required=True, metavar="PATH",
+    p.add_argument("--feed", action="append", default=[], metavar="PATH",
                    help="advisory feed file (OSV, CSAF, NVD 2.0, CVE 5 + vulnrichment, KEV, EPSS CSV); repeatable")
+    p.add_argument("--feed-cache", metavar="DIR",
+                   help="read every feed `exchpatch feeds sync` keeps in DIR (and its exposure.json unless "
+                        "--exposure is given); warns about stale feeds and refuses a stale KEV catalog")
+    p.add_argument("--max-feed-age-hours", type=float, metavar="H",
+                   help="with --feed-cache: warn about feeds older than H hours (default 48)")
+    p.add_argument("--max-kev-age-hours", type=float, metavar="H",
+                   help="with --feed-cache: refuse when the KEV catalog is older than H hours (default 72)")
+    p.add_argument("--allow-stale-kev", action="store_true",
+                   help="with --feed-cache: plan even on a stale or missing KEV catalog (recorded in the plan)")
     p.add_argument("--catalog", required=True, metavar="DIR", help="patch catalog folder (patches/*.yml)")
     p.add_argument("--inventory", metavar="INV", help="inventory for live facts (default: the testbed's)")
     p.add_argument("--facts", metavar="FILE", help='offline fleet facts: {"nodes": [{"name", "component", ...}]}')
@@ -613,7 +627,8 @@ def _refuse_templates(args: argparse.Namespace) -> None:
             raise CliError(str(e), EXIT_BAD_INPUT) from None
 
 
-_POSITIONALS = ("patch_id", "run", "node", "command", "testbed_command", "audit_command", "store_command")
+_POSITIONALS = ("patch_id", "run", "node", "command", "testbed_command", "audit_command", "store_command",
+                "feeds_command")
 
 
 def main(argv: list[str] | None = None) -> int:

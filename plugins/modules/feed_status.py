@@ -84,6 +84,13 @@ status:
     new_kev:
       description: New KEV entries at the last KEV update and those hitting running nodes.
       type: dict
+files:
+  description:
+    - The cached feed files a plan reads (absolute paths of the files each feed's last successful sync
+      wrote), for M(exchangeops.patching.patch_plan)'s O(exchangeops.patching.patch_plan#module:feeds).
+  returned: always
+  type: list
+  elements: str
 prometheus:
   description: The file the gauges were written to.
   returned: when O(prometheus) is set
@@ -119,7 +126,9 @@ def main() -> None:
         module.fail_json(msg="max_age_hours and kev_max_age_hours must be positive", bad_input=True)
     status = _feedsync.freshness(os.path.abspath(p["cache_dir"]), now, p["max_age_hours"] * 3600,
                                  p["kev_max_age_hours"] * 3600)
-    result = dict(changed=False, status=status)
+    for warning in status["warnings"]:
+        module.warn(warning)
+    result = dict(changed=False, status=status, files=_feedsync.cache_files(os.path.abspath(p["cache_dir"])))
     if p["prometheus"]:
         result["prometheus"] = p["prometheus"]
         if not module.check_mode:

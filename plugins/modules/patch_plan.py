@@ -78,6 +78,12 @@ options:
         (C(derived)), claimed fixes its SBOM contradicts are marked C(flagged), and CVEs no catalog patch
         fixes are ranked under RV(plan.needs_mitigation) with the same SSVC class and due date.
     type: path
+  feed_freshness:
+    description:
+      - The RV(exchangeops.patching.feed_status#module:status) of the feed cache the O(feeds) come from.
+        Its C(cache_dir), C(warnings) and per-feed C(synced_at) and C(age_s) are copied into
+        RV(plan.feed_freshness), so whoever reads the plan sees how old its inputs were.
+    type: dict
   max_feed_size:
     description:
       - The largest feed file read, in bytes or with a unit (C(256M), C(1G)); a gzip-compressed
@@ -136,6 +142,11 @@ plan:
       description: Patches no node needs, with the reason.
       type: list
       elements: dict
+    feed_freshness:
+      description:
+        - With O(feed_freshness), the feed cache the plan read, its warnings (stale, missing or failing
+          feeds) and per feed C(synced_at) and C(age_s).
+      type: dict
     needs_mitigation:
       description:
         - With O(exposure), CVEs exposed on nodes that no catalog patch fixes, most urgent first; each has
@@ -214,6 +225,7 @@ def main() -> None:
             dest=dict(type="path"),
             max_feed_size=dict(type="str", default="256M"),
             exposure=dict(type="path"),
+            feed_freshness=dict(type="dict"),
         ),
         mutually_exclusive=[("facts", "facts_file")],
         required_one_of=[("facts", "facts_file")],
@@ -231,6 +243,13 @@ def main() -> None:
         intel = _feeds.load_intel(module.params["feeds"], max_feed_size)
         exposure = _priority.load_exposure(module.params["exposure"]) if module.params["exposure"] else None
         plan = _priority.build_plan(intel, patches, nodes, now, exposure)
+        fresh = module.params["feed_freshness"]
+        if fresh:
+            feeds = fresh.get("feeds") if isinstance(fresh.get("feeds"), dict) else {}
+            plan["feed_freshness"] = {
+                "cache_dir": fresh.get("cache_dir"), "warnings": list(fresh.get("warnings") or []),
+                "feeds": {n: {"synced_at": f.get("synced_at"), "age_s": f.get("age_s")}
+                          for n, f in feeds.items() if isinstance(f, dict)}}
     except (_feeds.FeedError, _catalog.CatalogError, _priority.PlanError) as e:
         module.fail_json(msg=str(e), bad_input=True)
     except Exception as e:  # noqa: BLE001  # pylint: disable=broad-except

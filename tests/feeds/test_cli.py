@@ -88,3 +88,43 @@ def test_a_failed_feed_exits_1_naming_it_and_bad_input_exits_2(server, cache, tm
                     data_dir=data)
     assert bad.returncode == 2 and "SBOM" in json.loads(bad.stdout)["error"]
     assert len(list((data / "runs").iterdir())) == runs  # refused before any playbook ran
+
+
+def test_plan_reads_the_feed_cache_warns_about_stale_feeds_and_refuses_a_stale_kev(server, cache, tmp_path):
+    """`plan --feed-cache`: every cached feed and the cached exposure; a KEV older than its limit refuses."""
+    repo = Path(__file__).resolve().parents[2]
+    assert _feedsync.sync(options(server, cache, only=("kev", "epss", "nvd")))["ok"]
+    (cache / "exposure.json").write_text(json.dumps({"schema": 1, "generated_at": "2026-11-24T12:00:00Z", "cves": {
+        "CVE-2024-6387": {"nodes": ["wallet-1"], "packages": ["pkg:deb/ubuntu/openssh@1:9.6p1-3ubuntu13"],
+                          "fixed_by": [], "not_affected": [], "unfixed_nodes": ["wallet-1"],
+                          "needs_mitigation": True}}, "patches": {}}))
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps({"nodes": [{"name": "wallet-1", "component": "wallet-signer", "version": "2.3.0"}]}))
+    data = tmp_path / "data"
+    base = ["plan", "--feed-cache", str(cache), "--catalog", str(repo / "patches"), "--facts", str(facts)]
+
+    fresh = exchpatch(*base, "--now", "2026-11-24T13:00:00Z", "--json", data_dir=data)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    plan = json.loads(fresh.stdout)
+    assert plan["feed_freshness"]["cache_dir"] == str(cache.resolve())
+    assert plan["feed_freshness"]["feeds"]["kev"]["age_s"] == 3600
+    assert [m["cve"] for m in plan["needs_mitigation"]] == ["CVE-2024-6387"]  # the cache's exposure.json
+
+    # four days on: the KEV catalog (limit 72 h) is too old to plan on; nothing is planned
+    stale = exchpatch(*base, "--now", "2026-11-28T12:00:00Z", "--output", str(tmp_path / "plan.json"), data_dir=data)
+    assert stale.returncode == 1, stale.stdout + stale.stderr
+    assert "kev" in stale.stderr.lower() and "exchpatch feeds sync" in stale.stderr
+    assert not (tmp_path / "plan.json").exists()
+    # accepted for this plan: it runs, and says how old its feeds are
+    allowed = exchpatch(*base, "--now", "2026-11-28T12:00:00Z", "--allow-stale-kev", "--max-kev-age-hours", "24",
+                        data_dir=data)
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert "WARNING: kev is" in allowed.stdout
+    # bad input, refused before any playbook runs
+    runs = len(list((data / "runs").iterdir()))
+    for args, words in ((["--feed-cache", str(tmp_path / "empty")], "no state.json"),
+                        (["--feed-cache", str(cache), "--max-kev-age-hours", "0"], "--max-kev-age-hours 0.0"),
+                        (["--allow-stale-kev", "--feed", str(repo / "feeds" / "kev.json")], "give --feed-cache")):
+        bad = exchpatch("plan", *args, "--catalog", str(repo / "patches"), "--facts", str(facts), data_dir=data)
+        assert bad.returncode == 2 and words in bad.stderr, bad.stderr
+    assert len(list((data / "runs").iterdir())) == runs
