@@ -81,6 +81,7 @@ def sync(*, cache: str | None = None, mirror: str | None = None, only: Sequence[
          sbom: Sequence[str] = (), nvd_api_key_file: str | None = None, proxy: str | None = None,
          webhook_url_file: str | None = None, csaf_providers: Sequence[str] = (),
          urls: dict[str, str] | None = None, nvd_since: str | None = None, timeout: float | None = None,
+         inventory: str | None = None, allow_inventory_scripts: bool = False,
          event_handler: EventHandler | None = None) -> Job:
     """Refresh the feed cache (``playbooks/feeds_sync.yml``); the result carries the playbook's ``feeds_sync``.
 
@@ -141,8 +142,13 @@ def sync(*, cache: str | None = None, mirror: str | None = None, only: Sequence[
         hits = (doc.get("new_kev") or {}).get("affecting_nodes") or []
         return SyncResult(job.as_json(), EXIT_NEW_KEV if hits else EXIT_OK, None, doc)
 
-    empty = Path(__file__).resolve().parent / "empty_inventory.yml"  # everything runs on the controller
-    return start("feeds", "feeds_sync.yml", extravars, finish, inventory=str(empty), event_handler=event_handler)
+    if inventory is None:  # no fleet: everything runs on the controller, OSV asks about --sbom's packages only
+        inv = str(Path(__file__).resolve().parent / "empty_inventory.yml")
+    else:
+        from exchpatch.api import _check_inventory
+
+        inv = _check_inventory(inventory, allow_inventory_scripts)
+    return start("feeds", "feeds_sync.yml", extravars, finish, inventory=inv, event_handler=event_handler)
 
 
 # --------------------------------------------------------------------------- commands
@@ -197,7 +203,8 @@ def cmd_sync(args: argparse.Namespace) -> tuple[int, Any, str]:
     result = _start(sync, args, cache=args.cache, mirror=args.mirror, only=args.only, sbom=args.sbom or (),
                     nvd_api_key_file=args.nvd_api_key_file, proxy=args.proxy,
                     webhook_url_file=args.webhook_url_file, csaf_providers=args.csaf_provider or (), urls=urls,
-                    nvd_since=args.nvd_since, timeout=args.timeout)
+                    nvd_since=args.nvd_since, timeout=args.timeout, inventory=args.inventory,
+                    allow_inventory_scripts=args.allow_inventory_scripts)
     if result.exit_code == EXIT_BAD_INPUT:
         raise CliError(result.message or "bad input", EXIT_BAD_INPUT)
     return result.exit_code, result.as_json(), _sync_text(result)
@@ -260,6 +267,10 @@ def add_parser(sub: Any, common: Any) -> None:
     p.add_argument("--only", nargs="+", metavar="FEED", choices=FEEDS,
                    help=f"sync only these feeds ({', '.join(FEEDS)})")
     p.add_argument("--sbom", nargs="+", metavar="FILE", help="CycloneDX JSON SBOMs whose purls OSV is queried for")
+    p.add_argument("--inventory", metavar="INV",
+                   help="also query OSV for the packages in every node's running-release SBOM (read live)")
+    p.add_argument("--allow-inventory-scripts", action="store_true",
+                   help="accept an executable (dynamic) inventory, which Ansible runs as a program")
     p.add_argument("--nvd-api-key-file", metavar="FILE", help="file holding the NVD API key (never logged)")
     p.add_argument("--nvd-since", metavar="ISO8601",
                    help="first NVD sync: from this time instead of the whole NVD (about 300,000 records)")

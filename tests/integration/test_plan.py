@@ -193,6 +193,26 @@ def test_live_plan_reads_every_node(tmp_path):
         plan = json.loads(res.stdout)
         assert [m["nodes"] for m in plan["needs_mitigation"] if m["cve"] == "CVE-2024-6387"] == [["wallet-1"]]
 
+        # feeds sync with the fleet's inventory asks OSV about every package the nodes run (their SBOMs, read
+        # live; one query per distinct release), distro packages by ecosystem and version (osv.dev#2842)
+        from tests.feeds.server import FeedServer
+
+        osv = FeedServer()
+        try:
+            osv.data.osv = {"UBUNTU-CVE-2024-6387": json.loads((REAL_OSV / "UBUNTU-CVE-2024-6387.json").read_text())}
+            osv.data.osv_by_purl = {"Ubuntu/openssh@1:9.6p1-3ubuntu13": ["UBUNTU-CVE-2024-6387"]}
+            synced = exchpatch("feeds", "sync", "--cache", str(tmp_path / "feeds"), "--only", "osv", "--url",
+                               f"osv={osv.url}", "--inventory", f.inventory_dir, "--json")
+            assert synced.returncode == 0, synced.stdout + synced.stderr
+            queries = [q for r in osv.requests("/v1/querybatch") for q in json.loads(r.body)["queries"]]
+        finally:
+            osv.stop()
+        assert {"package": {"name": "openssh", "ecosystem": "Ubuntu"}, "version": "1:9.6p1-3ubuntu13"} in queries
+        assert len(queries) == len({json.dumps(q, sort_keys=True) for q in queries})  # each package once
+        assert [v["id"] for v in json.loads((tmp_path / "feeds" / "osv.json").read_text())["vulns"]] == [
+            "UBUNTU-CVE-2024-6387"]
+        assert not any(t in synced.stdout + synced.stderr for t in tokens)
+
         # a node that cannot be read fails the plan and the exposure: missing data is never taken as
         # "up to date" or "exposed to nothing"; the exposure saved before is kept
         tb.supervisorctl(f.node("wallet-1"), "stop", "wallet-signer")
