@@ -27,6 +27,7 @@ import json
 import math
 import os
 import stat
+import tempfile
 import traceback
 import unicodedata
 import zlib
@@ -403,3 +404,50 @@ def load_yaml(path: str, text: str, *, what: str = "input", error: ErrorType = I
                     "quote the value or correct it") from None
     finally:
         loader.dispose()
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_atomic(path: str, data: bytes, *, only_if_changed: bool = False, prefix: str = ".tmp-") -> bool:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    A reader sees the old file or the new one, never half of either. With ``only_if_changed`` a file that
+    already holds ``data`` is left alone. Returns whether the file was written.
+    """
+    path = os.path.abspath(path)
+    if only_if_changed:
+        try:
+            with open(path, "rb") as fh:
+                if fh.read() == data:
+                    return False
+        except OSError:
+            pass
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+def size_option(module: Any, name: str, example: str = "256M or 1G") -> int:
+    """The module option ``name`` (``"256M"``, ``"1G"``, bytes) in bytes; fails the task (bad input) otherwise."""
+    from ansible.module_utils.common.text.formatters import human_to_bytes
+
+    text = module.params[name]
+    try:
+        size = human_to_bytes(text, isbits=False)
+    except (ValueError, TypeError):
+        size = -1
+    if size <= 0:
+        module.fail_json(msg=f"{name}: {text!r} is not a size; give bytes or a size like {example}", bad_input=True)
+    return size

@@ -151,45 +151,11 @@ dest:
 
 import datetime
 import json
-import os
-import tempfile
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.common.text.formatters import human_to_bytes
-from ansible_collections.exchangeops.patching.plugins.module_utils import _catalog, _exposure, _sbom
+from ansible_collections.exchangeops.patching.plugins.module_utils import _catalog, _exposure, _safe_io, _sbom
 from ansible_collections.exchangeops.patching.plugins.module_utils._errors import InputError
-
-
-def _size(module: AnsibleModule) -> int:
-    text = module.params["max_file_size"]
-    try:
-        size = human_to_bytes(text, isbits=False)
-    except (ValueError, TypeError):
-        size = -1
-    if size <= 0:
-        module.fail_json(msg=f"max_file_size: {text!r} is not a size; give bytes or a size like 256M",
-                         bad_input=True)
-    return size
-
-
-def _write_atomic(path: str, text: str) -> bool:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == text:
-                return False
-    except OSError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".exposure-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return True
 
 
 def _run(module: AnsibleModule, size: int) -> dict:
@@ -232,7 +198,7 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("univers"), exception=_exposure.UNIVERS_IMPORT_ERROR)
     if not _sbom.HAS_PACKAGEURL:
         module.fail_json(msg=missing_required_lib("packageurl-python"), exception=_sbom.PACKAGEURL_IMPORT_ERROR)
-    size = _size(module)
+    size = _safe_io.size_option(module, "max_file_size", "256M")
     try:
         doc = _run(module, size)
     except InputError as e:
@@ -247,7 +213,8 @@ def main() -> None:
             result["changed"] = True
         else:
             try:
-                result["changed"] = _write_atomic(dest, json.dumps(doc, indent=2) + "\n")
+                result["changed"] = _safe_io.write_atomic(dest, (json.dumps(doc, indent=2) + "\n").encode("utf-8"),
+                                                          only_if_changed=True, prefix=".exposure-")
             except OSError as e:
                 module.fail_json(msg=f"{dest}: cannot write the exposure ({e.strerror}); check the folder exists "
                                  "and is writable", bad_input=True)

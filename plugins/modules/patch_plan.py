@@ -167,51 +167,16 @@ dest:
 """
 
 import json
-import os
-import tempfile
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.common.text.formatters import human_to_bytes
-from ansible_collections.exchangeops.patching.plugins.module_utils import _catalog, _feeds, _priority
+from ansible_collections.exchangeops.patching.plugins.module_utils import _catalog, _feeds, _priority, _safe_io
 
 
 def _facts(module: AnsibleModule) -> list:
     if module.params["facts_file"]:
         return _priority.load_facts_file(module.params["facts_file"])
     return _priority.nodes_from_facts(module.params["facts"] or [], "facts")
-
-
-def _max_feed_size(module: AnsibleModule) -> int:
-    text = module.params["max_feed_size"]
-    try:
-        size = human_to_bytes(text, isbits=False)
-    except (ValueError, TypeError):
-        size = -1
-    if size <= 0:
-        module.fail_json(msg=f"max_feed_size: {text!r} is not a size; give bytes or a size like 256M or 1G",
-                         bad_input=True)
-    return size
-
-
-def _write_atomic(path: str, text: str) -> bool:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == text:
-                return False
-    except OSError:
-        pass
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".plan-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return True
 
 
 def main() -> None:
@@ -235,7 +200,7 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("cvss"), exception=_feeds.CVSS_IMPORT_ERROR)
     if not module.params["feeds"]:
         module.fail_json(msg="feeds: give at least one advisory feed file", bad_input=True)
-    max_feed_size = _max_feed_size(module)
+    max_feed_size = _safe_io.size_option(module, "max_feed_size")
     try:
         now = _priority.parse_now(module.params["now"])
         nodes = _facts(module)
@@ -263,7 +228,8 @@ def main() -> None:
             result["changed"] = True
         else:
             try:
-                result["changed"] = _write_atomic(dest, text)
+                result["changed"] = _safe_io.write_atomic(dest, text.encode("utf-8"), only_if_changed=True,
+                                                          prefix=".plan-")
             except OSError as e:
                 module.fail_json(msg=f"{dest}: cannot write the plan ({e.strerror}); "
                                  "check the folder exists and is writable", bad_input=True)
