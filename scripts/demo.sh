@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole story on the local testbed, driven by exchpatch as an operator would:
-# bring the exchange up and put client load on it; rank the sample advisories against the
+# bring the exchange up and put client load on it; sync the feed cache from a mirror, find what each
+# node is exposed to from its SBOM, and rank the sample advisories against the
 # live fleet; deploy the top patch (canary, switchovers, health gates, convergence); deploy
 # a release that crashes and watch the canary catch it and the fleet roll back; then the
 # load report (nothing lost), the audit trail, the metrics and the HTML reports.
@@ -64,25 +65,45 @@ $X testbed load --rate 100 --duration 600 --json > "$work/load.json" &
 load_pid=$!
 sleep 2
 
-step "4. What to patch first: the sample advisory feeds against the live fleet"
-$X plan --feed feeds/nvd.json --feed feeds/kev.json --feed feeds/epss.csv --feed feeds/vulnrichment.json \
-        --feed feeds/osv.json --catalog "$catalog" --inventory "$inv" --output "$work/plan.json" | sed -n '1,8p'
+step "4. Threat intelligence: sync the feed cache (from a mirror folder, as an air-gapped venue would), then which node is exposed to what now"
+# The mirror holds the sample feeds and a real OSV record (Ubuntu's regreSSHion, CVE-2024-6387), laid out as
+# docs/feeds.md says; online, the same command reads CISA, FIRST, NVD, OSV and CSAF providers.
+mkdir -p "$work/mirror/osv"
+cp feeds/kev.json feeds/epss.csv feeds/nvd.json "$work/mirror/"
+cp feeds/osv.json tests/fixtures/osv-real/UBUNTU-CVE-2024-6387.json "$work/mirror/osv/"
+$PY - "$work/mirror" <<'PYEOF'
+import json, os, sys
+for rec in json.load(open("feeds/vulnrichment.json")):  # the mirror keeps cisagov/vulnrichment's layout
+    cve = rec["cveMetadata"]["cveId"]
+    year, num = cve.split("-")[1], int(cve.split("-")[2])
+    folder = os.path.join(sys.argv[1], "vulnrichment", year, f"{num // 1000}xxx")
+    os.makedirs(folder, exist_ok=True)
+    json.dump(rec, open(os.path.join(folder, f"{cve}.json"), "w"))
+PYEOF
+feeds="$work/feeds"
+$X feeds sync --mirror "$work/mirror" --cache "$feeds" --inventory "$inv" --only kev epss nvd osv
+$X exposure --inventory "$inv" --catalog "$catalog" --cache "$feeds"
+$X feeds sync --mirror "$work/mirror" --cache "$feeds" --only vulnrichment | tail -n +2  # the exposed CVEs' SSVC too
+$X feeds status --cache "$feeds"
+
+step "5. What to patch first: the feed cache and the exposure against the live fleet"
+$X plan --feed-cache "$feeds" --catalog "$catalog" --inventory "$inv" --output "$work/plan.json" | sed -n '1,12p'
 top=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["patches"][0]["id"])' "$work/plan.json")
 echo "top of the plan: $top"
 [ "$top" != matching-engine-1.4.4 ] || { echo "the crashing release tops the plan: the catalog is not the demo's"; exit 1; }
 
-step "5. exchpatch deploy $top: canary standby, canary shard switched over, then batches"
+step "6. exchpatch deploy $top: canary standby, canary shard switched over, then batches"
 $X deploy "$top" --inventory "$inv" --catalog "$catalog" --canary-bake "$bake"
 
-step "6. A release that crashes on start: caught at the canary, rolled back automatically"
+step "7. A release that crashes on start: caught at the canary, rolled back automatically"
 rc=0
 $X deploy matching-engine-1.4.4 --inventory "$inv" --catalog "$catalog" --canary-bake "$bake" || rc=$?
 [ "$rc" = 1 ] || { echo "expected the faulty release to fail (exit 1), got $rc"; exit 1; }
 
-step "7. The fleet: every node answers, no drift, no lock held"
+step "8. The fleet: every node answers, no drift, no lock held"
 $X status --inventory "$inv"
 
-step "8. Load report: stop the load and prove nothing was lost"
+step "9. Load report: stop the load and prove nothing was lost"
 kill -TERM "$load_pid"
 wait "$load_pid" || true
 load_pid=""
@@ -97,12 +118,12 @@ ok = r["lost"] == 0 and r["duplicated"] == 0 and r["double_withdrawals"] == 0 an
 sys.exit(0 if ok else 1)
 PYEOF
 
-step "9. Audit trail, history and metrics"
+step "10. Audit trail, history and metrics"
 $X audit verify
 $X history | tail -n 6
 $X metrics
 
-step "10. Reports"
+step "11. Reports"
 faulty=$($X history --json | $PY -c '
 import json, sys
 runs = [r for r in json.load(sys.stdin)["data"]["runs"] if r.get("patch_id") == "matching-engine-1.4.4"]

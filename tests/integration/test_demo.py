@@ -36,6 +36,10 @@ def test_the_demo_runs_twice_in_a_row(tmp_path):
             assert res.returncode == 0, f"demo run {attempt} failed:\n{res.stdout[-4000:]}\n{res.stderr[-3000:]}"
             assert "audit trail intact" in res.stdout
             assert "lost 0" in res.stdout
+            # threat intelligence: the feed cache synced from the mirror, regreSSHion found on the nodes' SBOMs,
+            # and the plan read from the cache (fresh: no warning, no refusal)
+            assert "CVE-2024-6387" in res.stdout and "derived CVE-2024-6387" in res.stdout
+            assert "feeds from " in res.stdout and "WARNING: kev" not in res.stdout
         # the second run started from a fresh fleet and kept the first one's folder aside
         assert (tmp_path / "testbed.previous" / "audit.jsonl").is_file()
         assert "previous testbed" in res.stdout
