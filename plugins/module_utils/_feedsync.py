@@ -95,6 +95,8 @@ def osv_query(purl: str) -> dict[str, Any]:
         if ecosystem and p.version:
             return {"package": {"name": p.name, "ecosystem": ecosystem}, "version": p.version}
     return {"package": {"purl": purl}}
+
+
 OSV_MAX_PAGES = 1000
 
 MAX_AGE_S = 48 * 3600.0  # warn: any feed older than this
