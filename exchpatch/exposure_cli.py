@@ -15,20 +15,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from exchpatch.jobs import REPO, BadInput, EventHandler, Job, StatusHandler, data_dir, refuse_template_markers, start
+from exchpatch.jobs import BadInput, EventHandler, Job, StatusHandler, data_dir, refuse_template_markers, start
 
 __all__ = ["ExposureResult", "add_parser", "exposure", "feed_cache_dir"]
 
 
 def feed_cache_dir(cache: str | None = None) -> Path:
-    """The feed cache: ``cache``, else ``$EXCHPATCH_FEED_CACHE``, else ``<checkout>/.feeds-cache``."""
-    return Path(cache or os.environ.get("EXCHPATCH_FEED_CACHE") or REPO / ".feeds-cache").expanduser()
+    """The feed cache: ``cache``, else the feeds commands' default (``$EXCHPATCH_FEED_CACHE``, else
+    ``<checkout>/.feeds-cache``)."""
+    from exchpatch.feeds_cli import default_cache
+
+    return Path(cache or default_cache()).expanduser()
 
 
 @dataclass
@@ -43,15 +45,9 @@ class ExposureResult:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".exposure-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from exchpatch.collection import module_utils
+
+    module_utils("_safe_io").write_atomic(str(path), text.encode("utf-8"), prefix=".exposure-")
 
 
 def exposure(*, osv: Sequence[str] | None = None, nvd: str | None = None, vex: Sequence[str] = (),
