@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from testbed.exchnode.common import COMPONENT_FAULTS
-from testbed.sbom import SBOM_FILE, sbom_bytes
+from testbed.sbom import SBOM_FILE, sbom_bytes, version_key
 
 SOURCE = Path(__file__).resolve().parent / "exchnode"
 COMPONENTS = tuple(COMPONENT_FAULTS)
@@ -159,16 +159,12 @@ def verify(public_key_pem: bytes, data: bytes, signature_b64: str) -> bool:
     return True
 
 
-def _version_key(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"[0-9]+", v)[:3])
-
-
 def _change_size(out_dir: Path, component: str, version: str, files: dict[str, bytes]) -> dict[str, int]:
     """Files and lines changed against the newest earlier release of the component in ``out_dir``."""
     earlier = sorted(
         (p for p in out_dir.glob(f"{component}-*.tar.gz")
-         if _version_key(p.name[len(component) + 1:-7]) < _version_key(version)),
-        key=lambda p: _version_key(p.name[len(component) + 1:-7]),
+         if version_key(p.name[len(component) + 1:-7]) < version_key(version)),
+        key=lambda p: version_key(p.name[len(component) + 1:-7]),
     )
     old: dict[str, bytes] = {}
     if earlier:

@@ -62,14 +62,15 @@ _PYPI = {
 }
 
 
-def _key(version: str) -> tuple[int, ...]:
+def version_key(version: str) -> tuple[int, ...]:
+    """Sort key of a testbed release version: its first three numbers (``"1.4.10"`` > ``"1.4.9"``)."""
     return tuple(int(x) for x in re.findall(r"[0-9]+", version)[:3])
 
 
 def _pick(rows: list[tuple[str, str, str]], version: str) -> dict[str, str]:
     chosen: dict[str, str] = {}
     for since, name, pkg_version in rows:
-        if _key(since) <= _key(version):
+        if version_key(since) <= version_key(version):
             chosen[name] = pkg_version
     return chosen
 

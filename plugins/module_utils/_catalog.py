@@ -234,14 +234,8 @@ def load_patch(path: str) -> Patch:
     artifact = _mapping(path, "artifact", doc["artifact"])
     _unknown_keys(path, "artifact", artifact, _ARTIFACT_FIELDS)
     _missing(path, "artifact", artifact, _ARTIFACT_FIELDS)
-    url = _need_str(path, "artifact.url", artifact["url"])
-    if any(c.isspace() for c in url):
-        raise CatalogError(path, "artifact.url", f"{url!r} contains whitespace",
-                           f"percent-encode it, e.g. url: {_EXAMPLES['artifact.url']}")
-    sha256 = _need_str(path, "artifact.sha256", artifact["sha256"])
-    if not _SHA256_RE.match(sha256):
-        raise CatalogError(path, "artifact.sha256", f"{sha256!r} is not 64 hexadecimal characters",
-                           "give the SHA-256 of the artifact as printed by 'sha256sum <artifact>'")
+    url = _url(path, "artifact.url", artifact["url"])
+    sha256 = _sha256(path, "artifact.sha256", artifact["sha256"], "the artifact", "<artifact>")
     signature = _need_str(path, "artifact.signature", artifact["signature"])
     try:
         base64.b64decode(signature, validate=True)
@@ -282,15 +276,26 @@ def _sbom(path: str, value: Any) -> tuple[str, str]:
     sbom = _mapping(path, "sbom", value)
     _unknown_keys(path, "sbom", sbom, _SBOM_FIELDS)
     _missing(path, "sbom", sbom, _SBOM_FIELDS)
-    url = _need_str(path, "sbom.url", sbom["url"])
+    return _url(path, "sbom.url", sbom["url"]), _sha256(path, "sbom.sha256", sbom["sha256"], "the SBOM file",
+                                                        "<file>").lower()
+
+
+def _url(path: str, field: str, value: Any) -> str:
+    """A URL field (``artifact.url``, ``sbom.url``): a non-empty string without whitespace."""
+    url = _need_str(path, field, value)
     if any(c.isspace() for c in url):
-        raise CatalogError(path, "sbom.url", f"{url!r} contains whitespace",
-                           f"percent-encode it, e.g. url: {_EXAMPLES['sbom.url']}")
-    sha256 = _need_str(path, "sbom.sha256", sbom["sha256"])
+        raise CatalogError(path, field, f"{url!r} contains whitespace",
+                           f"percent-encode it, e.g. url: {_EXAMPLES[field]}")
+    return url
+
+
+def _sha256(path: str, field: str, value: Any, what: str, file_arg: str) -> str:
+    """A SHA-256 field, as written: 64 hexadecimal characters."""
+    sha256 = _need_str(path, field, value)
     if not _SHA256_RE.match(sha256):
-        raise CatalogError(path, "sbom.sha256", f"{sha256!r} is not 64 hexadecimal characters",
-                           "give the SHA-256 of the SBOM file as printed by 'sha256sum <file>'")
-    return url, sha256.lower()
+        raise CatalogError(path, field, f"{sha256!r} is not 64 hexadecimal characters",
+                           f"give the SHA-256 of {what} as printed by 'sha256sum {file_arg}'")
+    return sha256
 
 
 def load_catalog(directory: str) -> list[Patch]:

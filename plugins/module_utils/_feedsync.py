@@ -412,10 +412,6 @@ def _json(body: bytes, where: str) -> Any:
 # cache files and state
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    _safe_io.write_atomic(path, data)
-
-
 class Staging:
     """Files a feed wants to write: validated in temporary files beside their targets, then all replaced."""
 
@@ -486,8 +482,8 @@ def load_state(cache_dir: str) -> dict[str, Any]:
 
 
 def save_state(cache_dir: str, state: dict[str, Any]) -> None:
-    _atomic_write(os.path.join(cache_dir, STATE_FILE),
-                  (json.dumps(state, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    _safe_io.write_atomic(os.path.join(cache_dir, STATE_FILE),
+                          (json.dumps(state, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def _read_cache_json(cache_dir: str, rel: str, max_size: int = MAX_CACHE_FILE, strict: bool = True) -> Any:
@@ -1240,7 +1236,7 @@ def prometheus(fresh: dict[str, Any]) -> str:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    _atomic_write(os.path.abspath(path), text.encode("utf-8"))
+    _safe_io.write_atomic(os.path.abspath(path), text.encode("utf-8"))
 
 
 def gzip_bytes(data: bytes) -> bytes:

@@ -451,3 +451,17 @@ def size_option(module: Any, name: str, example: str = "256M or 1G") -> int:
     if size <= 0:
         module.fail_json(msg=f"{name}: {text!r} is not a size; give bytes or a size like {example}", bad_input=True)
     return size
+
+
+def write_dest(module: Any, result: dict[str, Any], dest: str, text: str, what: str, prefix: str) -> None:
+    """Write a module's JSON result document ``text`` to ``dest`` (atomically, only if it changed; not in check
+    mode) and record ``dest`` and ``changed`` in ``result``; fails the task (bad input) when it cannot."""
+    result["dest"] = dest
+    if module.check_mode:
+        result["changed"] = True
+        return
+    try:
+        result["changed"] = write_atomic(dest, text.encode("utf-8"), only_if_changed=True, prefix=prefix)
+    except OSError as e:
+        module.fail_json(msg=f"{dest}: cannot write the {what} ({e.strerror}); check the folder exists and is "
+                         "writable", bad_input=True)

@@ -208,16 +208,7 @@ def main() -> None:
     result = dict(changed=False, exposure=doc)
     dest = module.params["dest"]
     if dest:
-        result["dest"] = dest
-        if module.check_mode:
-            result["changed"] = True
-        else:
-            try:
-                result["changed"] = _safe_io.write_atomic(dest, (json.dumps(doc, indent=2) + "\n").encode("utf-8"),
-                                                          only_if_changed=True, prefix=".exposure-")
-            except OSError as e:
-                module.fail_json(msg=f"{dest}: cannot write the exposure ({e.strerror}); check the folder exists "
-                                 "and is writable", bad_input=True)
+        _safe_io.write_dest(module, result, dest, json.dumps(doc, indent=2) + "\n", "exposure", ".exposure-")
     module.exit_json(**result)
 
 

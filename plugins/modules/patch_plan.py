@@ -222,17 +222,8 @@ def main() -> None:
     result = dict(changed=False, plan=plan)
     dest = module.params["dest"]
     if dest:
-        result["dest"] = dest
-        text = json.dumps(plan, indent=2, sort_keys=False) + "\n"
-        if module.check_mode:
-            result["changed"] = True
-        else:
-            try:
-                result["changed"] = _safe_io.write_atomic(dest, text.encode("utf-8"), only_if_changed=True,
-                                                          prefix=".plan-")
-            except OSError as e:
-                module.fail_json(msg=f"{dest}: cannot write the plan ({e.strerror}); "
-                                 "check the folder exists and is writable", bad_input=True)
+        _safe_io.write_dest(module, result, dest, json.dumps(plan, indent=2, sort_keys=False) + "\n", "plan",
+                            ".plan-")
     module.exit_json(**result)
 
 
