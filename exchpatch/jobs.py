@@ -218,6 +218,8 @@ class JobEvent:
     def from_runner(cls, ev: dict[str, Any]) -> JobEvent:
         data = ev.get("event_data") or {}
         res = redact(data.get("res")) if isinstance(data.get("res"), dict) else {}
+        if ev.get("event") == "playbook_on_stats" and isinstance(data.get("artifact_data"), dict):
+            res = {"artifact_data": redact(data["artifact_data"])}  # what the playbook published with set_stats
         return cls(
             counter=int(ev.get("counter") or 0), event=str(ev.get("event") or ""), created=str(ev.get("created") or ""),
             play=data.get("play"), task=data.get("task"), host=data.get("host"),
