@@ -93,8 +93,9 @@ testbed-up: setup
 testbed-down: setup
 	$(BIN)/exchpatch testbed down
 
+# PYTHONPATH: the benchmarks import the testbed, which the installed exchpatch package does not carry
 bench: setup
-	@for b in bench/*.py; do [ -e "$$b" ] || continue; echo "== $$b"; $(BIN)/python "$$b" || exit 1; done
+	@for b in bench/*.py; do [ -e "$$b" ] || continue; echo "== $$b"; PYTHONPATH="$(CURDIR)" $(BIN)/python "$$b" || exit 1; done
 
 clean:
 	-$(BIN)/exchpatch testbed down 2>/dev/null

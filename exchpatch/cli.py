@@ -33,6 +33,21 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 # --------------------------------------------------------------------------- testbed commands
 
+# The testbed is a development harness: it ships with the source checkout, not with the installed package.
+TESTBED_FROM_CHECKOUT = ("the testbed ships with the source checkout, not with the installed exchpatch: "
+                         "git clone https://github.com/exchangeops/patching && cd patching && make demo")
+
+
+def _use_checkout_testbed() -> None:
+    """Make the checkout's ``testbed`` package importable (it sits beside ``exchpatch/`` in a clone), or stop
+    with the way to get it. Never a ``testbed`` from anywhere else on ``sys.path``: the name is generic."""
+    from exchpatch.jobs import CHECKOUT
+
+    if CHECKOUT is None or not (CHECKOUT / "testbed" / "__init__.py").is_file():
+        raise CliError(TESTBED_FROM_CHECKOUT, EXIT_BAD_INPUT)
+    if str(CHECKOUT) not in sys.path:
+        sys.path.insert(0, str(CHECKOUT))
+
 
 def _fleet(args: argparse.Namespace) -> Any:
     from testbed import fleet
@@ -602,14 +617,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _classify(exc: Exception) -> int | None:
     from exchpatch.approve import ApproveCliError
     from exchpatch.store import StoreCliError
-    from testbed.fleet import TestbedError, TestbedInputError
-    from testbed.release import ReleaseError
 
     if isinstance(exc, CliError | StoreCliError | ApproveCliError):
         return exc.code
-    if isinstance(exc, (TestbedInputError, ReleaseError, ValueError)):
+    # the testbed's errors, when a testbed command loaded it (an installed exchpatch has no testbed)
+    fleet, release = sys.modules.get("testbed.fleet"), sys.modules.get("testbed.release")
+    bad_input = tuple(getattr(m, n) for m, n in ((fleet, "TestbedInputError"), (release, "ReleaseError")) if m)
+    failed = tuple(getattr(m, n) for m, n in ((fleet, "TestbedError"),) if m)
+    if isinstance(exc, (*bad_input, ValueError)):
         return EXIT_BAD_INPUT
-    if isinstance(exc, (TestbedError, OSError)):
+    if isinstance(exc, (*failed, OSError)):
         return EXIT_FAILED
     return None
 
@@ -637,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], tuple[int, Any, str]] = args.func
     try:
         _refuse_templates(args)
+        if args.command == "testbed":
+            _use_checkout_testbed()
         code, doc, text = func(args)
     except Exception as e:
         code = _classify(e)
