@@ -9,7 +9,9 @@ from the events.
 Each job gets a fresh private data dir under the driver's own folder (outside the
 repository; ansible-runner would otherwise reuse ``env/`` files of an earlier run), and only
 the newest :data:`KEEP_RUNS` are kept. The driver never imports collection code: what a
-job runs is a playbook name plus extra variables.
+job runs is a playbook name plus extra variables. From a source checkout that is the checkout's
+``playbooks/<name>`` under its ``ansible.cfg``; from an installed wheel it is the installed
+collection's playbook by name (``exchangeops.patching.rolling_patch``), see :func:`start`.
 
 Cancel is two-staged, because a rollout killed mid-batch leaves a drained node and a held
 lock behind: :meth:`Job.cancel` first writes the run's cancel file, which the rollout
@@ -39,8 +41,36 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_INVENTORY = REPO / "inventories" / "testbed"
+
+def _checkout_root() -> Path | None:
+    """The source checkout the driver runs from (an editable install, or ``python -m exchpatch`` in a clone):
+    the folder above ``exchpatch/`` when it holds the collection (``galaxy.yml``, ``playbooks/``); ``None`` for
+    an installed wheel, whose playbooks come from the installed collection instead."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "galaxy.yml").is_file() and (root / "playbooks").is_dir() else None
+
+
+CHECKOUT = _checkout_root()
+# Where checkout-relative defaults live (feeds_cli's feed cache): the checkout, else the driver's data
+# folder (data_dir() without creating it), never site-packages.
+REPO = CHECKOUT or Path(os.environ.get("EXCHPATCH_DATA_DIR") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "exchpatch"))
+# The embedded default inventory: the local testbed's, which exists only in a checkout.
+DEFAULT_INVENTORY = CHECKOUT / "inventories" / "testbed" if CHECKOUT else None
+COLLECTION = "exchangeops.patching"
+# What the checkout's ansible.cfg sets for every run, applied as environment outside a checkout (the
+# installed collection has no ansible.cfg) wherever the caller's own configuration (ANSIBLE_CONFIG or
+# ./ansible.cfg, ~/.ansible.cfg, /etc/ansible/ansible.cfg, ANSIBLE_* variables) leaves the setting at
+# ansible-core's default: ansible-core setting -> (environment variable, value). The callbacks are
+# added to the caller's list, not instead of it: the audit trail and the lease renewal need them.
+COLLECTION_SETTINGS = {
+    "CALLBACKS_ENABLED": ("ANSIBLE_CALLBACKS_ENABLED", f"{COLLECTION}.audit,{COLLECTION}.lease"),
+    "ANSIBLE_PIPELINING": ("ANSIBLE_PIPELINING", "True"),
+    "DEFAULT_FORKS": ("ANSIBLE_FORKS", "50"),
+    "DEFAULT_TIMEOUT": ("ANSIBLE_TIMEOUT", "30"),
+    "INTERPRETER_PYTHON": ("ANSIBLE_PYTHON_INTERPRETER", "auto_silent"),
+    "RETRY_FILES_ENABLED": ("ANSIBLE_RETRY_FILES_ENABLED", "False"),
+}
 KEEP_RUNS = 30
 CANCEL_FILE = "cancel"
 EXTRAVARS_FILE = "env/extravars"
@@ -398,11 +428,62 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+def _run_settings(playbook: str, inventory: str | Path | None) -> tuple[dict[str, str], dict[str, Any]]:
+    """Where and how ``playbook`` runs: the environment it needs and ansible-runner's ``project_dir``,
+    ``playbook`` and ``inventory``. Raises :class:`BadInput` when there is no inventory or no collection.
+
+    In a checkout: today's way, the checkout's ``playbooks/<playbook>`` under its ``ansible.cfg``. Outside
+    one (an installed wheel): the installed collection's playbook by its name
+    (``exchangeops.patching.<stem>``, which ansible-playbook resolves over the collections paths) from the
+    caller's current folder, as ``ansible-playbook`` started there would, with :data:`COLLECTION_SETTINGS`
+    filling in what the caller's configuration leaves at ansible-core's defaults."""
+    if CHECKOUT is not None:
+        return {"ANSIBLE_CONFIG": str(CHECKOUT / "ansible.cfg")}, {
+            "project_dir": str(CHECKOUT), "playbook": str(Path("playbooks") / playbook),
+            "inventory": str(inventory or DEFAULT_INVENTORY)}
+    from ansible.config.manager import ConfigManager
+    from ansible.errors import AnsibleError
+
+    cwd = os.getcwd()
+    try:
+        config = ConfigManager()  # the same search ansible-playbook makes from cwd: ANSIBLE_CONFIG, ./ansible.cfg, ...
+        home = config.get_config_value("ANSIBLE_HOME")
+        value = {name: config.get_config_value_and_origin(name, variables={"ANSIBLE_HOME": home})
+                 for name in (*COLLECTION_SETTINGS, "DEFAULT_HOST_LIST", "COLLECTIONS_PATHS",
+                              "COLLECTIONS_SCAN_SYS_PATH")}
+    except AnsibleError as e:
+        raise BadInput(f"the Ansible configuration cannot be read ({e}); fix it or point ANSIBLE_CONFIG at "
+                       "another file") from None
+    if inventory is None and value["DEFAULT_HOST_LIST"][1] == "default":
+        raise BadInput("no inventory: give one (--inventory INV, or inventory= in the Python API), or set "
+                       "ANSIBLE_INVENTORY or inventory in your ansible.cfg; the testbed's default inventory "
+                       "exists only in a source checkout")
+    stem = Path(playbook).stem
+    roots = list(value["COLLECTIONS_PATHS"][0] or []) + (sys.path if value["COLLECTIONS_SCAN_SYS_PATH"][0] else [])
+    tail = Path(*COLLECTION.split("."), "playbooks", playbook)
+    if not any((Path(r) / tail).is_file() or (Path(r) / "ansible_collections" / tail).is_file() for r in roots if r):
+        raise BadInput(f"playbook {COLLECTION}.{stem}: the collection {COLLECTION} is not installed where Ansible "
+                       f"looks for collections ({', '.join(map(str, value['COLLECTIONS_PATHS'][0] or []))}); "
+                       "install it (ansible-galaxy collection install exchangeops-patching-<version>.tar.gz) or "
+                       "set ANSIBLE_COLLECTIONS_PATH to where it is")
+    env = {}
+    for name, (variable, ours) in COLLECTION_SETTINGS.items():
+        setting, origin = value[name]
+        if name == "CALLBACKS_ENABLED":
+            env[variable] = ",".join(dict.fromkeys([*(setting or []), *ours.split(",")]))
+        elif origin == "default":
+            env[variable] = ours
+    return env, {"project_dir": cwd, "playbook": f"{COLLECTION}.{stem}",
+                 "inventory": None if inventory is None else str(inventory)}
+
+
 def start(kind: str, playbook: str, extravars: dict[str, Any], finish: Callable[[Job], Any], *,
           inventory: str | Path | None = None, graceful_cancel: bool = False, timeout: float | None = None,
           vault_password_file: str | None = None, operator: str | None = None, check: bool = False,
           event_handler: EventHandler | None = None, status_handler: StatusHandler | None = None) -> Job:
-    """Start ``playbooks/<playbook>`` in the background and return its :class:`Job`.
+    """Start the collection's playbook ``playbook`` (e.g. ``rolling_patch.yml``) in the background and return
+    its :class:`Job`: the checkout's ``playbooks/<playbook>`` when the driver runs from a checkout, else the
+    installed collection's ``exchangeops.patching.<stem>`` (:func:`_run_settings`).
 
     Every extra variable is checked for template markers (:class:`BadInput`, before anything is
     made) and written to the run's private ``env/extravars`` (0600, every string ``!unsafe``)."""
@@ -411,6 +492,7 @@ def start(kind: str, playbook: str, extravars: dict[str, Any], finish: Callable[
     refuse_template_markers(inventory, "inventory")
     refuse_template_markers(vault_password_file, "vault password file")
     refuse_template_markers(operator, "operator")
+    settings_env, where = _run_settings(playbook, inventory)
     ident = new_job_id()
     job = Job(kind, playbook, ident, finish, graceful_cancel)
     if event_handler:
@@ -421,7 +503,7 @@ def start(kind: str, playbook: str, extravars: dict[str, Any], finish: Callable[
     extravars = {**extravars, "exchpatch_cancel_file": str(job.private_data_dir / CANCEL_FILE)}
     write_extravars(job.private_data_dir / EXTRAVARS_FILE, extravars)
     env = {
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        **settings_env,
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
         "ANSIBLE_NOCOLOR": "1",
         "EXCHPATCH_RUN_ID": ident,
@@ -439,8 +521,7 @@ def start(kind: str, playbook: str, extravars: dict[str, Any], finish: Callable[
         args += ["--vault-password-file", vault_password_file]
     cmdline = " ".join(shlex.quote(a) for a in args) or None
     kwargs: dict[str, Any] = dict(
-        private_data_dir=str(job.private_data_dir), project_dir=str(REPO),
-        playbook=str(Path("playbooks") / playbook), inventory=str(inventory or DEFAULT_INVENTORY),
+        private_data_dir=str(job.private_data_dir), **where,
         envvars=env, ident=ident, quiet=True, cmdline=cmdline, timeout=timeout, suppress_env_files=True,
     )
     job._thread = threading.Thread(target=job._run, args=(kwargs,), name=f"exchpatch-{ident}", daemon=True)
