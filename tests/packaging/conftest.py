@@ -76,13 +76,13 @@ def lived_in_checkout(packaging_tmp: Path) -> tuple[Path, list[str]]:
     import secrets
 
     root = copy_checkout(packaging_tmp / "lived-in")
-    tokens = [secrets.token_urlsafe(24) for _ in range(3)]
+    tokens = [secrets.token_urlsafe(24) for _node in range(3)]
     inv = root / "inventories" / "testbed"
     planted = {
         inv / "hosts.yml": "---\nall:\n  children:\n    matching_nodes:\n      hosts:\n        match-0a: {}\n",
         inv / "group_vars" / "all" / "testbed.yml": "---\nexchange_testbed_dir: /tmp/testbed\n",
-        inv / "group_vars" / "all" / "secrets.yml": ("---\nexchange_admin_tokens:\n"
-                                                    f"  match-0a: {tokens[0]}\n  wallet-0: {tokens[1]}\n"),
+        inv / "group_vars" / "all" / "secrets.yml": (
+            f"---\nexchange_admin_tokens:\n  match-0a: {tokens[0]}\n  wallet-0: {tokens[1]}\n"),
         root / ".testbed" / "match-0a" / "etc" / "admin_token": tokens[0] + "\n",
         root / ".testbed" / "keys" / "release.key": ("-----BEGIN PRIVATE KEY-----\n" + tokens[2]
                                                      + "\n-----END PRIVATE KEY-----\n"),
@@ -109,7 +109,7 @@ def lived_in_checkout(packaging_tmp: Path) -> tuple[Path, list[str]]:
 
 @pytest.fixture(scope="session")
 def collection_tarball(lived_in_checkout: tuple[Path, list[str]], packaging_tmp: Path, home: Path) -> Path:
-    root, _ = lived_in_checkout
+    root = lived_in_checkout[0]
     out = packaging_tmp / "collection-build"
     run([BIN / "ansible-galaxy", "collection", "build", "--output-path", out], cwd=root, env=clean_env(home))
     (tarball,) = out.glob("exchangeops-patching-*.tar.gz")

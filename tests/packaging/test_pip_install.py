@@ -70,7 +70,7 @@ def test_the_installed_driver_runs_the_installed_collections_playbook(site, coll
     trail = cwd / "audit.jsonl"
     trail.write_text("")
     doc = _exchpatch(site, cwd, home, "audit", "verify", "--audit-file", str(trail),
-                         ANSIBLE_COLLECTIONS_PATH=str(collections_path))
+                     ANSIBLE_COLLECTIONS_PATH=str(collections_path))
     assert doc["data"]["ok"] is True and doc["data"]["records"] == 0, doc
     artifacts = Path(doc["job"]["artifacts"])
     command = json.loads((artifacts / "command").read_text())
@@ -93,7 +93,7 @@ def test_outside_a_checkout_the_driver_asks_for_an_inventory_and_the_collection(
     doc = _exchpatch(site, cwd, home, "status", expect=2, ANSIBLE_COLLECTIONS_PATH=str(collections_path))
     assert "--inventory" in doc["error"] and "ANSIBLE_INVENTORY" in doc["error"], doc
     doc = _exchpatch(site, cwd, home, "audit", "verify", "--audit-file", str(cwd / "none.jsonl"), expect=2,
-                         ANSIBLE_COLLECTIONS_PATH=str(cwd / "nothing-here"))
+                     ANSIBLE_COLLECTIONS_PATH=str(cwd / "nothing-here"))
     assert "exchangeops.patching is not installed" in doc["error"] and "ansible-galaxy collection install" in \
         doc["error"], doc
     assert not (cwd / "data" / "runs").exists() or not list((cwd / "data" / "runs").iterdir())  # nothing started
@@ -104,8 +104,7 @@ def test_the_testbed_commands_of_an_installed_driver_name_the_checkout(site, pac
     # a package called testbed elsewhere on the path must not be taken for ours
     (cwd / "other" / "testbed").mkdir(parents=True)
     (cwd / "other" / "testbed" / "__init__.py").write_text("raise SystemExit('a stranger testbed was imported')\n")
-    doc = _exchpatch(site, cwd, home, "testbed", "status", expect=2,
-                         PYTHONPATH=f"{site}:{cwd / 'other'}")
+    doc = _exchpatch(site, cwd, home, "testbed", "status", expect=2, PYTHONPATH=f"{site}:{cwd / 'other'}")
     assert "ships with the source checkout" in doc["error"] and "git clone" in doc["error"] \
         and "make demo" in doc["error"], doc
 
@@ -155,7 +154,7 @@ def test_outside_a_checkout_the_callers_settings_win(outside_checkout, monkeypat
     env, where = jobs._run_settings("rolling_patch.yml", "/srv/inventory")
     assert where == {"project_dir": str(outside_checkout), "playbook": "exchangeops.patching.rolling_patch",
                      "inventory": "/srv/inventory"}
-    assert env == {variable: value for variable, value in jobs.COLLECTION_SETTINGS.values()}
+    assert env == dict(jobs.COLLECTION_SETTINGS.values())
     # the caller's environment and ansible.cfg (here: the one in the current folder) decide what they set;
     # the collection's callbacks join the caller's
     (outside_checkout / "ansible.cfg").write_text("[defaults]\nforks = 7\ninventory = /srv/hosts.yml\n")
