@@ -270,7 +270,7 @@ SECRETS = {
 }
 
 
-def _secret_files(tmp_path: Path, names=SECRETS) -> dict[str, str]:
+def _secret_files(tmp_path: Path, names: tuple[str, ...] = tuple(SECRETS)) -> dict[str, str]:
     env = {}
     for name in names:
         path = tmp_path / name.lower()
@@ -299,20 +299,21 @@ def test_apply_in_check_mode_changes_nothing_and_logs_no_secret(empty_awx, bare_
             block = out.split(f"TASK [{task['name']}]")[1].split("TASK [")[0]
             assert "changed: [localhost]" in block and "ok: [localhost]" not in block, block
     assert requests, "the modules never asked the AWX"
-    assert {m for m, _ in requests} == {"GET"}, f"check mode sent {sorted({m for m, _ in requests} - {'GET'})}"
+    methods = {method for method, path in requests}
+    assert methods == {"GET"}, f"check mode sent {sorted(methods - {'GET'})}"
     # each object after these needs the organization the first task would create, and stops at its lookup
-    asked = {re.match(r"/api/v2/(\w+)/", path).group(1) for _, path in requests}
+    asked = {re.match(r"/api/v2/(\w+)/", path).group(1) for method, path in requests}
     assert asked >= {"organizations", "credential_types"}, asked
     for secret in SECRETS.values():
         for line in secret.strip().splitlines():
             if len(line) > 12:
                 assert line not in out, "a secret reached the output"
-                assert all(line not in path for _, path in requests), "a secret reached a query"
+                assert all(line not in path for method, path in requests), "a secret reached a query"
 
 
 def test_apply_refuses_a_credential_with_some_of_its_secrets(empty_awx, bare_config, tmp_path):
     url, requests = empty_awx
-    res = _apply(url, bare_config, **_secret_files(tmp_path, ["EXCHPATCH_AWX_ADMIN_TOKENS_FILE"]))
+    res = _apply(url, bare_config, **_secret_files(tmp_path, ("EXCHPATCH_AWX_ADMIN_TOKENS_FILE",)))
     assert res.returncode != 0
     assert "credential exchange control: give a file for every required input" in res.stdout
     assert "missing: release_pubkey, state_store_dsn, audit_key" in res.stdout

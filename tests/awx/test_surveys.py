@@ -26,7 +26,7 @@ from tests.awx.conftest import (
 )
 
 SURVEYS = surveyed()
-IDS = [name for name, *_ in SURVEYS]
+IDS = [survey[0] for survey in SURVEYS]
 
 # AWX's question types and the Python type of their answers (awx/main/models/mixins.py,
 # SurveyJobTemplateMixin._survey_element_validation; awx/api/views, JobTemplateSurveySpec.ALLOWED_TYPES).
@@ -62,7 +62,8 @@ def awx_answer_errors(question: dict[str, Any], data: dict[str, Any]) -> list[st
         return ([f"{var}: shorter than {lo}"] if lo is not None and len(value) < int(lo) else []) + \
                ([f"{var}: longer than {hi}"] if hi is not None and len(value) > int(hi) else [])
     if qtype in ("integer", "float"):
-        if type(value) not in ((int,) if qtype == "integer" else (int, float)):
+        # AWX checks the exact type: True is not an integer answer
+        if isinstance(value, bool) or not isinstance(value, int if qtype == "integer" else (int, float)):
             return [f"{var}: {value!r} is not {qtype}"]
         return ([f"{var}: below {lo}"] if lo is not None and value < lo else []) + \
                ([f"{var}: above {hi}"] if hi is not None and value > hi else [])
@@ -99,7 +100,8 @@ def test_survey_is_one_awx_takes(name, survey, entry, fixed):
         assert not var.startswith(("awx_", "tower_")) and var not in NOT_ASKED, \
             f"{where}: this comes from AWX (operator, job id) or the driver, never from a survey"
         for limit in ("min", "max"):
-            assert q.get(limit) is None or type(q[limit]) is int, f"{where}: {limit} must be an integer"
+            assert q.get(limit) is None or (isinstance(q[limit], int) and not isinstance(q[limit], bool)), \
+                f"{where}: {limit} must be an integer"
         if q["type"] in ("multiplechoice", "multiselect"):
             assert choices(q) and len(set(choices(q))) == len(choices(q)), f"{where}: choices missing or repeated"
             assert all(isinstance(c, str) for c in choices(q)), f"{where}: AWX compares choices as text"
@@ -242,7 +244,8 @@ def validated(tmp_path_factory, bare_config) -> dict[str, list[str]]:
     results = tmp / "results.json"
     specs = entry_points()
     tasks = []
-    for i, (_, entry, answers, _) in enumerate(CASES):
+    for i, case in enumerate(CASES):
+        entry, answers = case[1], case[2]
         tasks.append({
             "name": f"Validate case {i}",
             "ansible.builtin.validate_argument_spec": {
