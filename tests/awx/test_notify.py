@@ -17,7 +17,8 @@ from tests.awx.conftest import AWX, ansible_playbook
 ROLLED_BACK = {
     "outcome": "rolled_back", "playbook": "Roll the patch out", "run_id": "awx-job-4242", "operator": "alice.ops",
     "awx_job_id": "4242", "awx_workflow_job_id": "4240", "failed_nodes": ["me-fra1-s0-b"],
-    "failures": [{"node": "me-fra1-s0-b", "gate": "traffic", "msg": "p99 41 ms against 12 ms on the control"}],
+    "failures": [{"node": "me-fra1-s0-b", "evidence": {"task": "Judge the canary's traffic", "gates": [],
+                                                       "msg": "p99 41 ms against 12 ms on the control"}}],
     "converged_version": "1.4.2", "report": "exchpatch report awx-job-4242",
     "message": "the canary failed its traffic gate; every patched node is back on 1.4.2.", "check": False,
     "result": {},
@@ -73,7 +74,8 @@ def test_a_rolled_back_rollout_is_posted_and_fails_the_workflow(bare_config, tmp
     text = post["body"]["text"]
     assert text.startswith("Rollout rolled_back (run awx-job-4242) in AWX workflow job 4240:"), text
     for part in ("every patched node is back on 1.4.2.", "Failed nodes: me-fra1-s0-b.",
-                 "me-fra1-s0-b (traffic: p99 41 ms against 12 ms on the control)", "Fleet on 1.4.2."):
+                 "me-fra1-s0-b (Judge the canary's traffic: p99 41 ms against 12 ms on the control)",
+                 "Fleet on 1.4.2."):
         assert part in text, text
     assert post["body"]["exchpatch"] == ROLLED_BACK
     # the step fails with the same sentence, so the workflow ends failed and says why
