@@ -142,6 +142,18 @@ def test_the_apply_playbook_passes_every_key_on():
     assert listed <= set(MODULES), f"data no task applies: {listed - set(MODULES)}"
 
 
+def test_every_argument_apply_gives_is_an_option():
+    """The task arguments themselves, and the connection defaults, name options of their module."""
+    play = yaml.safe_load((AWX / "apply.yml").read_text())[0]
+    for task in play["tasks"]:
+        module = next((k for k in task if k.startswith("awx.awx.")), None)
+        if module:
+            unknown = set(task[module]) - set(module_options(module.split(".")[-1]))
+            assert not unknown, f"{task['name']}: {sorted(unknown)} are not options of {module}"
+    defaults = play["module_defaults"]["group/awx.awx.controller"]
+    assert set(defaults) <= set(module_options("job_template")), "connection options every awx.awx module takes"
+
+
 def test_every_reference_names_an_object_of_awx():
     names = {var: {o["name"] for o in data(var)} for var in MODULES}
     for jt in job_templates():
