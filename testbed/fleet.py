@@ -513,8 +513,9 @@ def write_inventory(fleet: Fleet, pubkey_pem: str, freeze_windows: str | Path | 
         "exchange_release_pubkey": pubkey_pem,
         "exchange_frontend_url": fleet.frontend_url,
     }
-    if freeze_windows is not None:  # else the preflight role's default: testbed/freeze-windows.yml
-        testbed_vars["preflight_schedule"] = str(Path(freeze_windows).resolve())
+    # the market calendar is an inventory variable (the preflight has no default outside the testbed)
+    testbed_vars["exchange_market_calendar"] = str(
+        Path(freeze_windows).resolve() if freeze_windows is not None else Path(__file__).resolve().parent / "freeze-windows.yml")
     (inv / "group_vars" / "all" / "testbed.yml").write_text(header + yaml.safe_dump(testbed_vars, sort_keys=False))
     tokens = {n.name: n.token() for n in fleet.nodes}
     secret_vars = {
@@ -545,7 +546,7 @@ def up(root: str | Path | None = None, shards: int = 2, wallets: int = 2, net: i
        freeze_windows: str | Path | None = None) -> Fleet:
     """Create (or reuse) the testbed folder, start every node and HAProxy, wait until ready.
 
-    ``freeze_windows`` puts another market calendar in the inventory (``preflight_schedule``):
+    ``freeze_windows`` puts another market calendar in the inventory (``exchange_market_calendar``):
     tests and benches use an empty one, so they do not depend on the time of day.
     """
     root = testbed_root(root)

@@ -42,12 +42,19 @@ description:
     percent-encoded, JSON- or HTML-escaped or base64-encoded. Secrets of 6 characters or more are
     cut wherever they occur, of 4 or 5 characters where they stand as a word of their own, of 1 to
     3 characters where a whole value equals them. Results of C(no_log) tasks stay censored."
-  - The operator comes from the extra var C(preflight_operator), else the environment variable
+  - The operator is the AWX user when the job runs under AWX (the extra var C(awx_user_name) or
+    C(tower_user_name)), else the extra var C(preflight_operator), else the environment variable
     E(EXCHPATCH_OPERATOR), else the login user; reason and emergency from the extra vars
-    C(preflight_reason) and C(preflight_emergency). The approver is never taken from a variable; the
+    C(preflight_reason) and C(preflight_emergency). Only plain values count (letters, digits and
+    C(. _ @ + -)); a value holding a template (C({{ awx_user_name }})) is never rendered and never
+    recorded as a name. The approver is never taken from a variable; the
     preflight records the identity and key fingerprint of a verified signed approval through the
-    C(audit_change) fact. The run id is
-    E(EXCHPATCH_RUN_ID) when set (the exchpatch driver sets it to its job id), else a fresh uuid4.
+    C(audit_change) fact.
+  - The run id is E(EXCHPATCH_RUN_ID) when set (the exchpatch driver sets it to its job id); under AWX
+    C(awx-job-<id>) from the extra var C(awx_job_id) (or C(tower_job_id)) or the job environment's
+    E(JOB_ID); else a fresh uuid4. The callback exports it as E(EXCHPATCH_RUN_ID) to the playbook, whose
+    run_contract role and set_stats name the same change record; the AWX job and workflow job ids are
+    recorded in the change record (C(awx)).
   - Several runs may write the same trail at once; a file append holds an exclusive C(flock) on the file and
     is fsynced, a PostgreSQL append locks the head row in its transaction. A write error is shown as a
     warning and never stops the playbook.
@@ -218,6 +225,30 @@ def _as_bool(value: Any) -> bool:
     return bool(value)
 
 
+_PERSON_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,149}\Z")
+_JOB_ID_RE = re.compile(r"[0-9]{1,18}\Z")
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
+
+
+def _plain(value: Any, pattern: re.Pattern[str]) -> str | None:
+    """A variable's value as it was given when it is a plain value of the pattern; never a template."""
+    if isinstance(value, bool) or value is None:
+        return None
+    text = str(value) if isinstance(value, int | str) else ""
+    return text if pattern.match(text) else None
+
+
+def _awx_identity(extra: dict[str, Any]) -> dict[str, str | None]:
+    """AWX's own variables (awx_*, their tower_* aliases, the job environment's JOB_ID), plain values only."""
+    return {
+        "user": _plain(extra.get("awx_user_name"), _PERSON_RE) or _plain(extra.get("tower_user_name"), _PERSON_RE),
+        "job_id": (_plain(extra.get("awx_job_id"), _JOB_ID_RE) or _plain(extra.get("tower_job_id"), _JOB_ID_RE)
+                   or _plain(os.environ.get("JOB_ID"), _JOB_ID_RE)),
+        "workflow_job_id": (_plain(extra.get("awx_workflow_job_id"), _JOB_ID_RE)
+                            or _plain(extra.get("tower_workflow_job_id"), _JOB_ID_RE)),
+    }
+
+
 def _text(value: Any) -> str | None:
     if value is None:
         return None
@@ -238,7 +269,12 @@ class CallbackModule(CallbackBase):
         self.path = default_path()
         self.key_file: str | None = None
         self.exclude: list[str] = ["audit.yml"]
-        self.run_id = os.environ.get("EXCHPATCH_RUN_ID") or uuid.uuid4().hex
+        self.run_id_given = bool(_plain(os.environ.get("EXCHPATCH_RUN_ID"), _RUN_ID_RE))
+        job = _plain(os.environ.get("JOB_ID"), _JOB_ID_RE)
+        self.run_id = (os.environ.get("EXCHPATCH_RUN_ID") if self.run_id_given
+                       else f"awx-job-{job}" if job else uuid.uuid4().hex)
+        # the playbook (run_contract role, set_stats) names the same change record
+        os.environ["EXCHPATCH_RUN_ID"] = self.run_id
         self.redactor = Redactor()
         self.opened = False
         self.closed = False
@@ -427,11 +463,16 @@ class CallbackModule(CallbackBase):
         self.check_mode = bool(context.CLIARGS.get("check"))
         self.started = utc_now()
         emergency = _as_bool(extra.get("preflight_emergency", False))
-        operator = (_text(extra.get("preflight_operator")) or _text(os.environ.get("EXCHPATCH_OPERATOR"))
-                    or getpass.getuser())
+        awx = _awx_identity(extra)
+        if awx["job_id"] and not self.run_id_given and not self.pending:
+            self.run_id = f"awx-job-{awx['job_id']}"
+            os.environ["EXCHPATCH_RUN_ID"] = self.run_id
+        operator = (awx["user"] or _plain(extra.get("preflight_operator"), _PERSON_RE)
+                    or _plain(os.environ.get("EXCHPATCH_OPERATOR"), _PERSON_RE) or getpass.getuser())
         self.change = {"patch_id": _text(extra.get("patch_id")), "component": _text(extra.get("component"))}
         self._write(
             "change_opened", playbook=name, operator=operator, approver=None,
+            awx={k: v for k, v in awx.items() if v} or None,
             reason=_text(extra.get("preflight_reason")), emergency=emergency, patch_id=self.change["patch_id"],
             component=self.change["component"], check_mode=self.check_mode, extra_vars=extra,
         )
