@@ -48,11 +48,9 @@ _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
 _VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}\Z")
 _PERSON_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}\Z")
 _SERIAL_RE = re.compile(r"([1-9][0-9]{0,3}|[1-9][0-9]?%|100%)\Z")
-# Task names the driver reads results from (the playbooks keep them stable).
-TASK_FAIL_WITH_EVIDENCE = "Fail the run with the gate's evidence"
-TASK_FLEET_STATUS = "Collect the fleet status"
-TASK_AUDIT = "Read the audit trail"
-PREFLIGHT_PLAY = "Preflight the rollout"
+# Every playbook publishes its result with set_stats under this key (the AWX run contract, docs/awx.md):
+# outcome, failed nodes with their evidence, converged version, message, the playbook's own result.
+STATS_KEY = "exchpatch"
 
 
 # --------------------------------------------------------------------------- validation
@@ -109,7 +107,7 @@ def _check_inventory(inventory: str | Path | None, allow_scripts: bool = False) 
     p = Path(inventory).expanduser()
     if not p.exists():
         raise BadInput(f"inventory {inventory}: no such file or folder; give an inventory path, "
-                       "or leave it out for the testbed's")
+                       "or, in a checkout, leave it out for the testbed's")
     p = p.resolve()
     if not allow_scripts:
         candidates = [p] if p.is_file() else [
@@ -207,6 +205,15 @@ def _audit_change(job: Job) -> dict[str, Any]:
     return change
 
 
+def _stats(job: Job) -> dict[str, Any]:
+    """What the playbook published with set_stats (``exchpatch``); empty when it did not get that far
+    (killed, or a syntax error)."""
+    from exchpatch.feeds_cli import play_stats
+
+    data = play_stats(job).get(STATS_KEY)
+    return data if isinstance(data, dict) else {}
+
+
 def _failures(job: Job) -> list[JobEvent]:
     return [e for e in job.events if e.failed]
 
@@ -230,6 +237,8 @@ class Result:
     exit_code: int
     message: str | None
     report: str | None = field(default=None, kw_only=True)
+    # what the playbook published with set_stats (key exchpatch): the same document AWX shows as artifacts
+    stats: dict[str, Any] = field(default_factory=dict, kw_only=True)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -253,7 +262,7 @@ class DeployResult(Result):
 @dataclass
 class RollbackResult(Result):
     component: str = ""
-    outcome: str = ""  # successful | check | refused | failed | canceled
+    outcome: str = ""  # successful | check | halted | refused | failed | canceled
     to_version: str | None = None
     change: dict[str, Any] = field(default_factory=dict)
     steps: list[NodeStep] = field(default_factory=list)
@@ -341,7 +350,8 @@ def plan(feeds: Sequence[str], catalog: str, *, inventory: str | Path | None = N
             doc = json.loads(dest.read_text()) if ok else None
         finally:
             dest.unlink(missing_ok=True)
-        msg = None if ok else (_first_failure_msg(job) or f"plan playbook ended {job.status}; see {job.artifact_dir}")
+        msg = None if ok else (_first_failure_msg(job) or _stats(job).get("message")
+                               or f"plan playbook ended {job.status}; see {job.artifact_dir}")
         return PlanResult(job=job.as_json(), exit_code=_exit_code(job, ok), message=msg, plan=doc)
 
     return start("plan", "plan.yml", extravars, finish, inventory=_check_inventory(inventory, allow_inventory_scripts),
@@ -413,29 +423,27 @@ def deploy(patch_id: str, *, inventory: str | Path | None = None, check: bool = 
 
     def finish(job: Job) -> DeployResult:
         ok = job.status is JobStatus.SUCCESSFUL and job.rc == 0
-        evidence = next((e for e in job.events if e.failed and e.task == TASK_FAIL_WITH_EVIDENCE), None)
+        stats = _stats(job)
         change = _audit_change(job)
+        published = stats.get("outcome")
+        stopped = (stats.get("result") or {}).get("stopped") or change.get("stopped") or {}
         if ok:
             outcome = "check" if check else "successful"
-        elif evidence is not None:
-            outcome = "halted" if "Halted" in evidence.msg else "rolled_back"
-        elif (change.get("stopped") or {}).get("reason") == "inconclusive":
+        elif published == "halted" and stopped.get("reason") == "inconclusive":
             outcome = "inconclusive"  # a traffic gate could not judge: halted for a human, nothing rolled back
         elif job.cancel_requested:
-            outcome = "canceled"
-        elif change.get("stage") == "preflight" or any(e.play == PREFLIGHT_PLAY for e in _failures(job)):
-            outcome = "refused"  # nothing could have changed
+            outcome = "canceled"  # the operator's cancel: the node in flight was rolled back, the run ended cleanly
+        elif published in ("rolled_back", "halted", "refused", "failed"):
+            outcome = published  # halted: by rolling_on_failure=halt, or stopped before a batch (lease, calendar)
         else:
-            outcome = "failed"
-        if job.cancel_requested and outcome == "rolled_back":
-            outcome = "canceled"
-        failed_nodes = sorted({e.host for e in _failures(job) if e.host and e.host != "localhost"})
-        if not failed_nodes and evidence is not None:
-            failed_nodes = sorted(re.findall(r"[\w-]+", evidence.msg.split(" failed on ", 1)[-1].split(":", 1)[0]))
-        msg = None if ok else (evidence.msg if evidence is not None else _first_failure_msg(job)
+            outcome = "failed"  # ended before it could publish (killed, or an error outside the playbook)
+        failed_nodes = sorted(stats.get("failed_nodes")
+                              or {e.host for e in _failures(job) if e.host and e.host != "localhost"})
+        msg = None if ok else (stats.get("message") or _first_failure_msg(job)
                                or f"rollout ended {job.status}; see {job.artifact_dir}")
         return DeployResult(job=job.as_json(), exit_code=_exit_code(job, ok), message=msg, patch_id=patch_id,
-                            outcome=outcome, check=check, change=change, failed_nodes=failed_nodes, steps=_steps(job))
+                            outcome=outcome, check=check, change=change, failed_nodes=failed_nodes, steps=_steps(job),
+                            stats=stats)
 
     return start("deploy", "rolling_patch.yml", extravars, finish,
                  inventory=_check_inventory(inventory, allow_inventory_scripts),
@@ -473,19 +481,23 @@ def rollback(component: str, *, to: str | None = None, inventory: str | Path | N
 
     def finish(job: Job) -> RollbackResult:
         ok = job.status is JobStatus.SUCCESSFUL and job.rc == 0
+        stats = _stats(job)
         change = _audit_change(job)
+        published = stats.get("outcome")
         if ok:
             outcome = "check" if check else "successful"
         elif job.cancel_requested:
             outcome = "canceled"
-        elif not any(e.event == "runner_on_ok" and e.changed for e in job.events):
-            outcome = "refused"
+        elif published in ("halted", "refused", "failed"):
+            outcome = published
         else:
             outcome = "failed"
-        msg = None if ok else (_first_failure_msg(job) or f"rollback ended {job.status}; see {job.artifact_dir}")
+        msg = None if ok else (stats.get("message") or _first_failure_msg(job)
+                               or f"rollback ended {job.status}; see {job.artifact_dir}")
         return RollbackResult(job=job.as_json(), exit_code=_exit_code(job, ok), message=msg, component=component,
-                              outcome=outcome, to_version=change.get("converged_version") or to, change=change,
-                              steps=_steps(job))
+                              outcome=outcome, to_version=stats.get("converged_version")
+                              or change.get("converged_version") or to, change=change, steps=_steps(job),
+                              stats=stats)
 
     return start("rollback", "rollback.yml", extravars, finish,
                  inventory=_check_inventory(inventory, allow_inventory_scripts), timeout=timeout, check=check,
@@ -546,9 +558,7 @@ def status(*, inventory: str | Path | None = None, vault_password_file: str | No
     """Fleet versions, drift, HA roles and locks held (``playbooks/fleet_status.yml``); read-only."""
 
     def finish(job: Job) -> StatusResult:
-        facts = next((e.res.get("ansible_facts", {}).get("fleet_status") for e in job.events
-                      if e.event == "runner_on_ok" and e.task == TASK_FLEET_STATUS
-                      and isinstance(e.res.get("ansible_facts"), dict)), None)
+        facts = (_stats(job).get("result") or {}).get("fleet_status")
         if facts is None:
             return StatusResult(job=job.as_json(), exit_code=_exit_code(job, False),
                                 message=_first_failure_msg(job) or f"status playbook ended {job.status}; "
@@ -598,12 +608,11 @@ def audit(action: str, *, audit_file: str | None = None, run: str | None = None,
         raise BadInput("audit export needs a destination file (--output FILE)")
 
     def finish(job: Job) -> AuditResult:
-        ev = next((e for e in job.events if e.task == TASK_AUDIT and e.event in ("runner_on_ok", "runner_on_failed")),
-                  None)
-        data = {k: v for k, v in (ev.res if ev else {}).items()
-                if k not in ("invocation", "changed", "failed", "_ansible_no_log")}
-        ok = job.status is JobStatus.SUCCESSFUL and ev is not None and not ev.failed
-        msg = None if ok else (_first_failure_msg(job) or f"audit playbook ended {job.status}; see {job.artifact_dir}")
+        stats = _stats(job)
+        data = stats.get("result") if isinstance(stats.get("result"), dict) else {}
+        ok = job.status is JobStatus.SUCCESSFUL and stats.get("outcome") == "succeeded"
+        msg = None if ok else (_first_failure_msg(job) or stats.get("message")
+                               or f"audit playbook ended {job.status}; see {job.artifact_dir}")
         return AuditResult(job=job.as_json(), exit_code=_exit_code(job, ok), message=msg, action=action, data=data)
 
     empty = Path(__file__).resolve().parent / "empty_inventory.yml"  # the trail is read on the controller

@@ -14,7 +14,6 @@ too old or missing (a plan would refuse) or a feed's last sync failed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -63,16 +62,9 @@ def _url(value: str, what: str) -> str:
 
 def play_stats(job: Job) -> dict[str, Any]:
     """The data the playbook published with ``set_stats`` (ansible-runner's ``playbook_on_stats`` event)."""
-    folder = Path(job.artifact_dir or "") / "job_events"
-    if not job.artifact_dir or not folder.is_dir():
-        return {}
-    for path in sorted(folder.glob("*.json"), reverse=True):
-        try:
-            event = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if event.get("event") == "playbook_on_stats":
-            data = (event.get("event_data") or {}).get("artifact_data")
+    for event in reversed(job.events):
+        if event.event == "playbook_on_stats":
+            data = event.res.get("artifact_data")
             return data if isinstance(data, dict) else {}
     return {}
 
