@@ -84,6 +84,8 @@ from typing import Any
 
 import ansible_runner
 
+# the testbed is the checkout's (the driver's wheel does not ship it)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from testbed import fleet as tb
 from testbed.loadgen import LoadTarget, run_load
 from testbed.release import build_release

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+# the testbed is the checkout's (the driver's wheel does not ship it)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from testbed import fleet as tb
 from testbed.loadgen import LoadTarget, run_load
 
