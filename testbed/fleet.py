@@ -514,8 +514,8 @@ def write_inventory(fleet: Fleet, pubkey_pem: str, freeze_windows: str | Path | 
         "exchange_frontend_url": fleet.frontend_url,
     }
     # the market calendar is an inventory variable (the preflight has no default outside the testbed)
-    testbed_vars["exchange_market_calendar"] = str(
-        Path(freeze_windows).resolve() if freeze_windows is not None else Path(__file__).resolve().parent / "freeze-windows.yml")
+    calendar = Path(freeze_windows) if freeze_windows is not None else Path(__file__).parent / "freeze-windows.yml"
+    testbed_vars["exchange_market_calendar"] = str(calendar.resolve())
     (inv / "group_vars" / "all" / "testbed.yml").write_text(header + yaml.safe_dump(testbed_vars, sort_keys=False))
     tokens = {n.name: n.token() for n in fleet.nodes}
     secret_vars = {
