@@ -34,6 +34,7 @@ from exchpatch.jobs import (
     JobStatus,
     StatusHandler,
     data_dir,
+    play_stats,
     refuse_template_markers,
     start,
 )
@@ -208,8 +209,6 @@ def _audit_change(job: Job) -> dict[str, Any]:
 def _stats(job: Job) -> dict[str, Any]:
     """What the playbook published with set_stats (``exchpatch``); empty when it did not get that far
     (killed, or a syntax error)."""
-    from exchpatch.feeds_cli import play_stats
-
     data = play_stats(job).get(STATS_KEY)
     return data if isinstance(data, dict) else {}
 
@@ -426,7 +425,7 @@ def deploy(patch_id: str, *, inventory: str | Path | None = None, check: bool = 
         stats = _stats(job)
         change = _audit_change(job)
         published = stats.get("outcome")
-        stopped = (stats.get("result") or {}).get("stopped") or change.get("stopped") or {}
+        stopped = (stats.get("result") or {}).get("stopped") or {}
         if ok:
             outcome = "check" if check else "successful"
         elif published == "halted" and stopped.get("reason") == "inconclusive":

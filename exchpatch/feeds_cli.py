@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exchpatch.jobs import REPO, BadInput, EventHandler, Job, JobStatus, start
+from exchpatch.jobs import REPO, BadInput, EventHandler, Job, JobStatus, play_stats, start
 
 FEEDS = ("kev", "epss", "nvd", "vulnrichment", "osv", "csaf")
 URL_FEEDS = ("kev", "epss", "nvd", "vulnrichment", "osv")
@@ -58,15 +58,6 @@ def _url(value: str, what: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise BadInput(f"{what} {value!r} is not an http(s) URL; e.g. https://host/path")
     return value
-
-
-def play_stats(job: Job) -> dict[str, Any]:
-    """The data the playbook published with ``set_stats`` (ansible-runner's ``playbook_on_stats`` event)."""
-    for event in reversed(job.events):
-        if event.event == "playbook_on_stats":
-            data = event.res.get("artifact_data")
-            return data if isinstance(data, dict) else {}
-    return {}
 
 
 def sync(*, cache: str | None = None, mirror: str | None = None, only: Sequence[str] | None = None,

@@ -270,6 +270,16 @@ class JobEvent:
                 "msg": self.msg or None}
 
 
+def play_stats(job: Job) -> dict[str, Any]:
+    """The data the playbook published with ``set_stats`` (ansible-runner's ``playbook_on_stats`` event, kept
+    as the event's ``artifact_data``); empty when the playbook did not get that far (killed, a syntax error)."""
+    for event in reversed(job.events):
+        if event.event == "playbook_on_stats":
+            data = event.res.get("artifact_data")
+            return data if isinstance(data, dict) else {}
+    return {}
+
+
 EventHandler = Callable[["Job", JobEvent], None]
 StatusHandler = Callable[["Job", JobStatus], None]
 
