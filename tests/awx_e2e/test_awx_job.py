@@ -33,6 +33,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from testbed import fleet as tb
 from tests.integration.test_rolling_patch import build, versions
+from tests.packaging.conftest import copy_checkout
 
 pytestmark = pytest.mark.fleet
 
@@ -48,17 +49,9 @@ def _git(*args: str, cwd: Path) -> str:
 
 
 def clean_clone(dest: Path) -> Path:
-    """A clone of this repository as CI would check it out: HEAD plus the working tree's uncommitted
-    changes to tracked and new files (none in CI), without anything ignored (.venv, the make-setup link)."""
-    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(dest)], check=True)
-    for line in _git("status", "--porcelain", "--untracked-files=all", cwd=REPO).splitlines():
-        path = line[3:].split(" -> ")[-1]
-        src, dst = REPO / path, dest / path
-        if src.is_file():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-        elif not src.exists() and dst.exists():
-            dst.unlink()
+    """The project as AWX's sync checks it out: the checkout's files as a clean clone plus uncommitted work has
+    them (none in CI), without anything ignored (.venv, the make-setup link)."""
+    copy_checkout(dest)
     assert not (dest / "collections" / "ansible_collections").exists()
     return dest
 
@@ -141,7 +134,7 @@ class Awx:
         cred_env, cred_extra = render_credential(self.ctype, self.inputs, private)
         extravars = {"awx_job_id": job_id, "tower_job_id": job_id, "awx_user_name": USER, "tower_user_name": USER,
                      "awx_user_id": 7, "awx_job_template_name": playbook, "awx_workflow_job_id": 500,
-                     "awx_project_revision": _git("rev-parse", "HEAD", cwd=self.project).strip(),
+                     "awx_project_revision": _git("rev-parse", "HEAD", cwd=REPO).strip(),
                      "preflight_lock_ttl": TTL, **cred_extra, **survey}
         envvars = {"JOB_ID": str(job_id), "INVENTORY_ID": "3", "PROJECT_REVISION": extravars["awx_project_revision"],
                    # AWX's build_env: the project's collection cache first, then ansible.cfg's, then the defaults
