@@ -56,12 +56,18 @@ def test_the_wheel_carries_the_driver_only(wheel):
     assert {n.split("/", 1)[0] for n in names} == {"exchpatch", wheel.name.split("-py3")[0] + ".dist-info"}
     assert "exchpatch/empty_inventory.yml" in names  # offline plan and the audit commands run against it
     # ansible-core, ansible-runner and the collection's controller packages, pinned as the tests run them
-    requires = {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower(): r for r in meta.get_all("Requires-Dist")}
+    requires = {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower(): r.split(";")[0].strip()
+                for r in meta.get_all("Requires-Dist") if "extra ==" not in r}
+    # exchpatch[serve]: the chatops service's packages, an extra (the playbooks never need them)
+    serve = {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower(): r.split(";")[0].strip()
+             for r in meta.get_all("Requires-Dist") if 'extra == "serve"' in r}
     collection = _pins(REPO / "requirements.txt")
     dev = _pins(REPO / "requirements" / "dev.txt")
     assert set(requires) == {*collection, "ansible-core", "ansible-runner"}
-    for name, spec in requires.items():
-        assert spec.endswith(f"=={dev[name]}"), (spec, dev[name])
+    assert {n.replace("_", "-") for n in serve} == {"fastapi", "prometheus-client", "slack-sdk", "uvicorn"}, serve
+    dev = {n.replace("_", "-"): v for n, v in dev.items()}
+    for name, spec in {**requires, **serve}.items():
+        assert spec.endswith(f"=={dev[name.replace('_', '-')]}"), (spec, dev)
 
 
 def test_the_installed_driver_runs_the_installed_collections_playbook(site, collections_path, packaging_tmp, home):
