@@ -605,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     from exchpatch import approve as approve_cli
 
     approve_cli.add_parser(sub, common)
+    from exchpatch import serve as serve_cli
+
+    serve_cli.add_parser(sub, common)
     from exchpatch import feeds_cli
 
     feeds_cli.add_parser(sub, common)

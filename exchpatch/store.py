@@ -60,6 +60,11 @@ def cmd_migrate(args: argparse.Namespace) -> tuple[int, Any, str]:
     try:
         with store.connect(conf) as conn:
             applied = store.migrate(conn, writer_role=args.writer_role)
+            # the chatops service's runs, events and replay cache (exchpatch serve with store: postgresql)
+            from exchpatch.serve.store import GRANTS, MIGRATIONS
+
+            applied += [f"serve {v}" for v in store.migrate(conn, "serve", MIGRATIONS, writer_role=args.writer_role,
+                                                           grants=GRANTS)]
             versions = store.schema_versions(conn)
     except store.StoreError as e:
         raise StoreCliError(str(e), EXIT_FAILED) from None

@@ -136,6 +136,8 @@ class PgServer:
         if migrate:
             with psycopg.connect(db.admin_dsn, autocommit=True) as conn:
                 _store.migrate(conn, writer_role=WRITER)
+                from exchpatch.serve.store import GRANTS, MIGRATIONS  # as exchpatch store migrate does
+                _store.migrate(conn, "serve", MIGRATIONS, writer_role=WRITER, grants=GRANTS)
         return db
 
     def drop(self, name: str) -> None:

@@ -35,7 +35,7 @@ def test_migrate_creates_the_schema_once_from_a_private_dsn_file(pg_server, tmp_
         first = exchpatch("store", "migrate", "--admin-dsn-file", str(dsn_file), "--json")
         assert first.returncode == 0, first.stderr
         doc = json.loads(first.stdout)
-        assert doc["applied"] == [1] and doc["versions"] == {"core": 1}
+        assert doc["applied"] == [1, "serve 1"] and doc["versions"] == {"core": 1, "serve": 1}
         assert pg_server.admin_password not in first.stdout + first.stderr
         again = exchpatch("store", "migrate", "--admin-dsn-file", str(dsn_file), "--json")
         assert again.returncode == 0 and json.loads(again.stdout)["applied"] == []
