@@ -471,11 +471,10 @@ def _format_read(what: str, data: dict[str, Any]) -> str:
             f"{slack.escape(r.get('patch_id') or '')}"
             f" by {slack.escape(r.get('operator'))}: *{slack.escape(r.get('outcome'))}*"
             + (f", approved by {slack.escape(r['approver'])}" if r.get("approver") else "") for r in reversed(runs))
-    plan = data.get("plan") or {}
-    items = plan.get("patches") or plan.get("plan") or []
-    if not items:
-        return data.get("message") or "nothing to patch"
-    return "*pending patches, riskiest first*\n" + "\n".join(
-        f"{i}. `{slack.escape(p.get('patch_id') or p.get('id'))}` {slack.escape(p.get('priority') or '')} "
-        f"{slack.escape(', '.join(p.get('cves') or []) if isinstance(p.get('cves'), list) else '')}"
-        for i, p in enumerate(items[:10], 1))
+    plan = data.get("plan")
+    if not plan:
+        return f":x: plan failed: {slack.escape(data.get('message') or 'no plan')}"
+    from exchpatch.cli import _plan_text  # the CLI's table, the one shell operators read
+
+    text = _plan_text(plan)
+    return f"```{slack.escape(text if len(text) < 2800 else text[:2790] + '…')}```"

@@ -414,9 +414,15 @@ class RunManager:
             data = result.as_json()
             outcome, message = data.get("outcome") or "failed", data.get("message")
         stats = data.get("stats") or {}
+        report = None
+        if job.kind in ("deploy", "rollback") and outcome not in ("refused", "check"):
+            # the run's self-contained HTML report beside the audit trail, as `exchpatch deploy` writes it
+            with contextlib.suppress(Exception):
+                rep = api.audit("report", run=job.id).wait(120)
+                report = rep.data.get("path") if rep.exit_code == 0 else None
         summary = {"outcome": outcome, "message": message, "converged_version": stats.get("converged_version"),
                    "failed_nodes": data.get("failed_nodes") or stats.get("failed_nodes") or [],
-                   "failures": stats.get("failures") or [], "report": stats.get("report"), "job_id": job.id,
+                   "failures": stats.get("failures") or [], "report": report or stats.get("report"), "job_id": job.id,
                    "approver": (data.get("change") or {}).get("approver")}
         state = "canceled" if outcome == "canceled" else "finished"
         self.store.update_run(run_id, state=state, outcome=outcome, message=message, finished_at=now_iso(),
