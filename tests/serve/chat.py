@@ -220,7 +220,8 @@ def write_inventory(folder: str | Path) -> Path:
     folder = Path(folder)
     inv = folder / "inventory"
     inv.mkdir(parents=True, exist_ok=True)
-    common = {"ansible_connection": "local", "exchange_service_manager": "supervisor"}
+    common = {"ansible_connection": "local", "exchange_service_manager": "supervisor",
+              "exchange_admin_token": "tiny-inventory-admin-token"}
     matching = {
         name: {**common, "ansible_host": "127.0.0.1", "exchange_component": "matching-engine",
                "exchange_admin_url": "http://127.0.0.1:9", "exchange_node_root": str(folder / "nodes" / name),

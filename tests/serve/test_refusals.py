@@ -10,9 +10,11 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -159,6 +161,13 @@ def test_a_replayed_signature_is_refused(svc):
     with nothing_started(svc):
         again = svc.slack_post("/slack/commands", body, headers=headers)
         refusal(again, 401, "replayed", "replay", svc=svc)
+        # eight copies of one signed deploy at once: at most one gets past the replay cache
+        body = command_body(f"deploy {ME} check because replay race", response_url=svc.next_hook(), user_id="U0CAROL")
+        headers = slack_headers(body, svc.secret)
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: svc.slack_post("/slack/commands", body, headers=headers), range(8)))
+        codes = sorted((a.json() or {}).get("refused") for a in answers)
+        assert codes == ["forbidden_role"] + ["replayed"] * 7, [a.text for a in answers]
 
 
 def test_an_unknown_slack_user_and_a_foreign_workspace_are_refused(svc):
@@ -430,3 +439,31 @@ def test_no_secret_reaches_the_log_the_store_or_a_response(svc, receiver):
     for what, value in secrets.items():
         for place, data in places.items():
             assert value.encode() not in data, f"{what} appears in {place}"
+
+
+def test_a_signing_secret_from_the_environment_reaches_no_run(tmp_path, receiver, keys):
+    """The secret in the service's environment (slack.signing_secret_env) stays out of the runs it starts: the
+    playbook's environment, ansible-runner's artifacts, the audit trail, the store and the chat posts."""
+    folder = tmp_path / "env-secret"
+    try:
+        config, tokens, secret = write_config(folder, receiver=receiver, keys=keys, slack={
+            "signing_secret_file": None, "signing_secret_env": "EXCHPATCH_SLACK_SIGNING_SECRET"})
+        (folder / "slack-signing-secret").unlink()
+        with Service(config, secret=secret, tokens=tokens, receiver=receiver, folder=folder,
+                     env={"EXCHPATCH_SLACK_SIGNING_SECRET": secret}) as svc:
+            asked = svc.command(f"deploy {ME} check")
+            assert asked.status_code == 200 and ":rocket:" in asked.json()["text"], asked.text
+            run_id = svc.api("GET", "/v1/runs", "carol").json()["runs"][0]["id"]
+            run = svc.wait_run(run_id, "carol", timeout=120)
+            assert run["job_id"] and run["outcome"] in ("refused", "failed"), run  # its nodes answer nothing
+            receiver.wait_for(lambda p: p.path == urlsplit(asked.response_url).path and f"`{run_id}`" in
+                              (p.json or {}).get("text", "") and "*" + run["outcome"] + "*" in p.json["text"])
+            assert (svc.data_dir / "runs" / run["job_id"]).is_dir(), "the run's job folder is not where it was expected"
+        found = [str(p) for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        found += [f"post to {r[1]}" for r in receiver.requests if secret.encode() in r[3]]
+        assert not found, f"the signing secret is in {found}"
+        for name, token in tokens.items():
+            leaked = [str(p) for p in folder.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+            assert not leaked, f"{name}'s token is in {leaked}"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
