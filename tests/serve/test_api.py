@@ -147,31 +147,31 @@ def bad_config(folder: Path, keys, **overrides) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case, needles", [
-    ("missing secret file", ["slack.signing_secret_file", "no such file", "check the path"]),
-    ("no secret", ["slack", "signing_secret_file", "signing_secret_env"]),
-    ("inline secret", ["slack.signing_secret", "signing_secret_file", "signing_secret_env"]),
-    ("readable secret file", ["slack.signing_secret_file", "chmod 600"]),
-    ("unknown role", ["identities.carol.roles", "'admin'", "viewer, operator, approver"]),
-    ("public listen address", ["listen.host", "0.0.0.0", "loopback", "allow_public"]),
-    ("public --host", ["--host", "0.0.0.0", "loopback", "allow_public"]),
+@pytest.mark.parametrize(("case", "needles"), [
+    ("missing-secret-file", ["slack.signing_secret_file", "no such file", "check the path"]),
+    ("no-secret", ["slack", "signing_secret_file", "signing_secret_env"]),
+    ("inline-secret", ["slack.signing_secret", "signing_secret_file", "signing_secret_env"]),
+    ("readable-secret-file", ["slack.signing_secret_file", "chmod 600"]),
+    ("unknown-role", ["identities.carol.roles", "'admin'", "viewer, operator, approver"]),
+    ("public-listen-address", ["listen.host", "0.0.0.0", "loopback", "allow_public"]),
+    ("public---host", ["--host", "0.0.0.0", "loopback", "allow_public"]),
 ])
 def test_a_bad_config_exits_2_naming_the_key_and_the_fix(config_folder, case, needles):
     base, keys = config_folder
-    folder = base / case.replace(" ", "-")
+    folder = base / case
     extra: list[str] = []
-    if case == "missing secret file":
+    if case == "missing-secret-file":
         path = bad_config(folder, keys, slack={"signing_secret_file": str(folder / "no-such-secret")})
-    elif case == "no secret":
+    elif case == "no-secret":
         path = bad_config(folder, keys, slack={"signing_secret_file": None})
-    elif case == "inline secret":
+    elif case == "inline-secret":
         path = bad_config(folder, keys, slack={"signing_secret_file": None, "signing_secret": "8f742231b10e8888"})
-    elif case == "readable secret file":
+    elif case == "readable-secret-file":
         path = bad_config(folder, keys)
         (folder / "slack-signing-secret").chmod(0o644)
-    elif case == "unknown role":
+    elif case == "unknown-role":
         path = bad_config(folder, keys, identities={"carol": {"roles": ["admin"]}})
-    elif case == "public listen address":
+    elif case == "public-listen-address":
         path = bad_config(folder, keys, listen={"host": "0.0.0.0"})
     else:
         path = bad_config(folder, keys)
