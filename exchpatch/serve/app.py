@@ -21,6 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exchpatch.serve import slack
@@ -214,6 +215,11 @@ def create_app(config: Config) -> FastAPI:
     async def _refused(_request: Request, e: Refused) -> JSONResponse:
         return refused(e)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if e.status_code == 404 else "bad_input"
+        return refused(Refused(code, f"{e.detail}: see GET /openapi.json for the routes", e.status_code))
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, e: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', [])[1:]) or 'body'}: {err.get('msg')}"
@@ -325,8 +331,8 @@ def create_app(config: Config) -> FastAPI:
 
     def slack_identity(form: dict[str, Any]) -> Identity:
         if config.team_id and form.get("team_id") != config.team_id:
-            raise Refused("foreign_team", "this service answers one Slack workspace (slack.team_id); the request "
-                          "came from another", 403)
+            raise Refused("foreign_team", f"this service answers one Slack workspace (slack.team_id); the request "
+                          f"came from {str(form.get('team_id'))[:32]!r}", 403)
         who = config.by_slack_user.get(str(form.get("user_id") or ""))
         if who is None:
             raise Refused("unknown_user", f"Slack user {str(form.get('user_id'))[:32]} is not known to exchpatch; "
@@ -346,7 +352,7 @@ def create_app(config: Config) -> FastAPI:
         if e.status in (401, 413, 429):
             return refused(e)
         metrics.refusals.labels(e.code).inc()
-        return JSONResponse({**slack.text_message(f":no_entry: {e}"), "refused": e.code})
+        return JSONResponse({**slack.text_message(f":no_entry: {slack.escape(e)}"), "refused": e.code})
 
     @app.post("/slack/commands", tags=["slack"], include_in_schema=False)
     async def slack_command(request: Request) -> JSONResponse:

@@ -253,7 +253,8 @@ class RunManager:
                           403)
         run = self.store.get_run(run_id) if isinstance(run_id, str) else None
         if run is None:
-            raise Refused("not_found", f"run {str(run_id)[:80]!r} does not exist; /patch status lists runs", 404)
+            raise Refused("not_found", f"run {str(run_id)[:80]!r} does not exist; GET /v1/runs lists the runs (in "
+                          "chat: give the run id a deploy or rollback answered with)", 404)
         if run["requester"].casefold() == who.name.casefold():
             raise Refused("self_approval", f"{who.name} asked for this run and cannot approve it; another approver "
                           "must", 403)
@@ -342,7 +343,8 @@ class RunManager:
             raise Refused("forbidden_role", f"{who.name} may not cancel runs (operator role needed)", 403)
         run = self.store.get_run(run_id) if isinstance(run_id, str) else None
         if run is None:
-            raise Refused("not_found", f"run {str(run_id)[:80]!r} does not exist; /patch status lists runs", 404)
+            raise Refused("not_found", f"run {str(run_id)[:80]!r} does not exist; GET /v1/runs lists the runs (in "
+                          "chat: give the run id a deploy or rollback answered with)", 404)
         if run["state"] == "awaiting_approval" and self.store.update_run(
                 run_id, expect_state=["awaiting_approval"], state="canceled", outcome="canceled",
                 finished_at=now_iso()):
