@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+GRACEFUL_REQUESTS_S = 5
 
 
 def cmd_serve(args: argparse.Namespace) -> tuple[int, Any, str]:
@@ -61,8 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> tuple[int, Any, str]:
         doc = app.openapi()
         return EXIT_OK, doc, json.dumps(doc, indent=2, sort_keys=True)
     # uvicorn's access log names method, path and status: no body, no header, so no secret
+    # On SIGTERM open requests get a few seconds (an event stream would otherwise hold the stop for as long as
+    # its run lasts); then the lifespan's shutdown asks the running rollouts to stop safely (cancel_grace).
     uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True, forwarded_allow_ips="127.0.0.1",
-                timeout_graceful_shutdown=int(config.cancel_grace) + 10)
+                timeout_graceful_shutdown=GRACEFUL_REQUESTS_S)
     return EXIT_OK, {"stopped": True}, "exchpatch serve stopped"
 
 
