@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import time
@@ -26,7 +25,7 @@ import yaml
 from testbed import fleet as tb
 from testbed.release import build_release
 from tests.serve.chat import Post, Receiver, Service, write_config
-from tests.testbed.nodes import NET_BLOCKS, loopback_net
+from tests.testbed.nodes import loopback_net
 
 pytestmark = pytest.mark.fleet
 
@@ -43,18 +42,9 @@ CANCEL_GRACE = 120
 LEASE_TTL = 10  # the restart test's lease lapses this soon after its controller died
 
 
-def _net() -> int:
-    """The fleet's loopback /16: the "serve" block of tests/testbed/nodes.py once it has one; until then one of
-    the octets its docstring lists as free (240-249), picked as loopback_net picks (xdist worker, else pid)."""
-    if "serve" in NET_BLOCKS:
-        return loopback_net("serve")
-    worker = re.fullmatch(r"gw(\d+)", os.environ.get("PYTEST_XDIST_WORKER", ""))
-    return 240 + (int(worker.group(1)) if worker else os.getpid()) % 10
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    with tb.running(tmp_path_factory.mktemp("serve-fleet"), shards=1, wallets=1, net=_net()) as f:
+    with tb.running(tmp_path_factory.mktemp("serve-fleet"), shards=1, wallets=1, net=loopback_net("serve")) as f:
         yield f
 
 
