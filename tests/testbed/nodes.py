@@ -40,6 +40,7 @@ NET_BLOCKS: dict[str, range] = {
     "hostile-release": range(118, 128),
     "gates-at-scale": range(128, 138),
     "rolling-patch": range(138, 148),
+    "serve": range(240, 250),
 }
 # Second octets no block may use, and who holds them.
 NETS_KEPT_CLEAR: dict[str, range] = {
@@ -77,11 +78,12 @@ def loopback_net(purpose: str) -> int:
     hostile-release  118-127    tests/hostile/test_release_hostile.py
     gates-at-scale   128-137    reserved for tests/integration/test_gates_at_scale.py
     rolling-patch    138-147    reserved for tests/integration/test_rolling_patch.py
+    serve            240-249    tests/serve/test_fleet.py (the chatops service on a fleet)
     ===============  =========  =================================================
 
     Never used: 61 (molecule), 62 and 63 (the bench), 67 (the report fixtures' capture),
     77 (the demo testbed), 150-239 (still picked by pid in test_gates_at_scale.py and
-    test_rolling_patch.py). Free for a new user: 64-66, 68-76, 148-149, 240-254.
+    test_rolling_patch.py). Free for a new user: 64-66, 68-76, 148-149, 250-254.
     """
     try:
         block = NET_BLOCKS[purpose]
