@@ -124,30 +124,38 @@ class RunManager:
                 self.store.update_run(run["id"], outcome=row["outcome"])
 
     # ------------------------------------------------------------------ checks
-    def catalog_ids(self) -> list[str]:
-        ids = []
-        for path in sorted(glob.glob(os.path.join(self.config.catalog or "", "*.y*ml"))):
+    def _catalog(self) -> dict[str, dict[str, Any]]:
+        """The catalog's entries by id, parsed again only when a file changed (every deploy command reads it)."""
+        paths = sorted(glob.glob(os.path.join(self.config.catalog or "", "*.y*ml")))
+        stamp = tuple((p, os.stat(p).st_mtime_ns) for p in paths if os.path.isfile(p))
+        with self._lock:
+            if getattr(self, "_catalog_stamp", None) == stamp:
+                return self._catalog_cache
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        entries: dict[str, dict[str, Any]] = {}
+        for path, _mtime in stamp:
             try:
-                doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+                doc = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=loader)  # a safe loader (C if built)
             except (OSError, yaml.YAMLError):
                 continue
             if isinstance(doc, dict) and isinstance(doc.get("id"), str):
-                ids.append(doc["id"])
-        return ids
+                entries.setdefault(doc["id"], doc)
+        with self._lock:
+            self._catalog_stamp, self._catalog_cache = stamp, entries
+        return entries
+
+    def catalog_ids(self) -> list[str]:
+        return sorted(self._catalog())
 
     def catalog_entry(self, patch_id: str) -> dict[str, Any]:
         if not isinstance(patch_id, str) or not patch_id:
             raise Refused("bad_input", "give a patch id, e.g. /patch deploy matching-engine-1.4.3")
-        for path in sorted(glob.glob(os.path.join(self.config.catalog or "", "*.y*ml"))):
-            try:
-                doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError):
-                continue
-            if isinstance(doc, dict) and doc.get("id") == patch_id:
-                return doc
+        entries = self._catalog()
+        if patch_id in entries:
+            return entries[patch_id]
         shown = patch_id if len(patch_id) <= 80 and patch_id.isprintable() else repr(patch_id[:80])
         raise Refused("unknown_patch", f"patch {shown} is not in the catalog; "
-                      f"{_closest(patch_id, self.catalog_ids())} (/patch plan lists what is pending)", 422)
+                      f"{_closest(patch_id, sorted(entries))} (/patch plan lists what is pending)", 422)
 
     @staticmethod
     def check_component(component: Any) -> str:
