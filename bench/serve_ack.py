@@ -153,7 +153,7 @@ async def _burst(port: int, requests: list[tuple[str, str, bytes, dict[str, str]
             raw = await asyncio.wait_for(reader.read(), 30)  # the server closes after its answer
             ms = (time.perf_counter() - t0) * 1000
             writer.close()
-            status_line, _, rest = raw.partition(b"\r\n")
+            status_line, _crlf, rest = raw.partition(b"\r\n")
             payload = rest.partition(b"\r\n\r\n")[2]
             status = int(status_line.split()[1])
         except (OSError, TimeoutError, IndexError, ValueError) as e:
@@ -195,7 +195,7 @@ def alone(service: Service, phase: str, deploy_text: str, repeat: int) -> dict[s
     out = {}
     for command in ALONE_ORDER:
         times = []
-        for _ in range(repeat):
+        for _attempt in range(repeat):
             text = deploy_text if command == "deploy" else command
             body = command_body(text, user_id=USERS[command], response_url=service.next_hook())
             t0 = time.perf_counter()
@@ -323,8 +323,8 @@ def render(doc: dict[str, Any]) -> str:
     rows = [["round", "command", "n", "p50", "p90", "p99", "max", "errors", "alone p50"]]
     for r in doc["rounds"]:
         for command, a in r["ack_ms"].items():
-            rows.append([r["phase"], command, str(a["n"]), *(f"{a[k]:.1f}" if a[k] is not None else "-"
-                                                               for k in ("p50", "p90", "p99", "max")),
+            cells = [f"{a[k]:.1f}" if a[k] is not None else "-" for k in ("p50", "p90", "p99", "max")]
+            rows.append([r["phase"], command, str(a["n"]), *cells,
                          str(a["errors"]), f"{a['alone_p50']:.1f}" if a["alone_p50"] is not None else "-"])
     out.append(table(rows))
     out += ["", "the burst as the service saw it: its handlers' own measure (exchpatch_serve_ack_seconds), the CPU "
@@ -393,8 +393,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     if not args.no_idle:
                         rounds.append(measure("idle", service, receiver, args.requests,
                                               f"deploy {COMPONENT}-9.9.9"))
-                    response = service.api("POST", "/v1/deployments", "alice",
-                                            json={"patch_id": f"{COMPONENT}-{ROLLOUT}"})
+                    body = {"patch_id": f"{COMPONENT}-{ROLLOUT}"}
+                    response = service.api("POST", "/v1/deployments", "alice", json=body)
                     if response.status_code != 202:
                         raise BenchError(f"POST /v1/deployments answered {response.status_code}: {response.text}")
                     run_id = response.json()["id"]

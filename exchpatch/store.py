@@ -63,8 +63,8 @@ def cmd_migrate(args: argparse.Namespace) -> tuple[int, Any, str]:
             # the chatops service's runs, events and replay cache (exchpatch serve with store: postgresql)
             from exchpatch.serve.store import GRANTS, MIGRATIONS
 
-            applied += [f"serve {v}" for v in store.migrate(conn, "serve", MIGRATIONS, writer_role=args.writer_role,
-                                                           grants=GRANTS)]
+            serve = store.migrate(conn, "serve", MIGRATIONS, writer_role=args.writer_role, grants=GRANTS)
+            applied += [f"serve {v}" for v in serve]
             versions = store.schema_versions(conn)
     except store.StoreError as e:
         raise StoreCliError(str(e), EXIT_FAILED) from None

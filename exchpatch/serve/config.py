@@ -286,8 +286,8 @@ def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Conf
         allowed_signers=_path(base, driver.get("allowed_signers"), "driver.allowed_signers", must_exist="file"),
         lock_dir=_path(base, driver.get("lock_dir"), "driver.lock_dir"),
         feed_cache=_path(base, driver.get("feed_cache"), "driver.feed_cache", must_exist="dir"),
-        feeds=tuple(_path(base, f, "driver.feeds", must_exist="file") or "" for f in _list(driver.get("feeds"),
-                                                                                        "driver.feeds")),
+        feeds=tuple(_path(base, f, "driver.feeds", must_exist="file") or ""
+                    for f in _list(driver.get("feeds"), "driver.feeds")),
         approval_valid_for=valid_for,
         cancel_grace=float(_positive(driver.get("cancel_grace"), "driver.cancel_grace", 300)),
     )

@@ -272,9 +272,9 @@ class RunManager:
         if reason is not None:
             reason = check_text(reason, "reason")
         if decision == "deny":
+            denied = {**run["approval"], "denied_by": who.name, "decided_at": now_iso()}
             if not self.store.update_run(run_id, expect_state=["awaiting_approval"], state="denied",
-                                         finished_at=now_iso(), approval={**run["approval"], "denied_by": who.name,
-                                                                         "decided_at": now_iso()}):
+                                         finished_at=now_iso(), approval=denied):
                 raise Refused("not_awaiting", f"run {run_id} was decided a moment ago", 409)
             self._event(run_id, "denied", {"text": f"{who.name} denied {describe(run)}", "by": who.name})
             run = self.store.get_run(run_id) or run

@@ -42,7 +42,7 @@ IDENTITIES: dict[str, tuple[list[str], str]] = {
     "carol": (["viewer"], "U0CAROL"),
     "dave": (["operator", "approver"], "U0DAVE"),
 }
-USER_NAMES = {slack: name for name, (_, slack) in IDENTITIES.items()}
+USER_NAMES = {slack: name for name, (_roles, slack) in IDENTITIES.items()}
 APPROVAL_NAMESPACE = "exchpatch-approval"
 # Environment a service must not inherit from the test runner: the state store and audit settings are its own.
 _SCRUBBED_ENV = ("EXCHPATCH_STATE_STORE", "EXCHPATCH_STATE_STORE_DSN", "EXCHPATCH_STATE_STORE_ADMIN_DSN",

@@ -143,7 +143,7 @@ def config_folder(tmp_path_factory, keys):
 
 
 def bad_config(folder: Path, keys, **overrides) -> Path:
-    path, _, _ = write_config(folder, keys=keys, **overrides)
+    path = write_config(folder, keys=keys, **overrides)[0]
     return path
 
 

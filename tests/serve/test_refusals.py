@@ -379,7 +379,7 @@ def slow_service(tmp_path_factory, receiver, keys):
 
 def test_more_requests_than_the_limit_are_refused_429_per_identity(slow_service):
     svc = slow_service
-    for _ in range(3):
+    for _attempt in range(3):
         ok = svc.api("GET", "/v1/runs", "alice")
         assert ok.status_code == 200, ok.text
     with nothing_started_by(svc, "carol"):
