@@ -16,6 +16,7 @@ import hmac
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -495,3 +496,16 @@ class Service:
                 return run
             time.sleep(0.25)
         raise AssertionError(f"run {run_id} did not get there within {timeout} s: {run}{self.log_tail()}")
+
+
+@contextlib.contextmanager
+def running_service(folder: Path, *, receiver: Receiver, keys: Keys, **config: Any) -> Any:
+    """``write_config(folder, ...)`` and its :class:`Service` for a ``with`` block: the service stopped by its
+    process group and ``folder`` removed afterwards (the module fixtures' one shape)."""
+    path, tokens, secret = write_config(folder, receiver=receiver, keys=keys, **config)
+    service = Service(path, secret=secret, tokens=tokens, receiver=receiver, folder=folder)
+    try:
+        yield service
+    finally:
+        service.close()
+        shutil.rmtree(folder, ignore_errors=True)

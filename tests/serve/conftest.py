@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.serve.chat import Receiver, Service, make_keys, write_config
+from tests.serve.chat import Receiver, make_keys, running_service
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +30,5 @@ def service_no_fleet(tmp_path_factory, receiver, keys):
     """``exchpatch serve`` under uvicorn, for the module: a tiny inventory whose nodes answer nothing, the
     checkout's patches/ catalog, a lock folder of its own, response URLs allowed only on ``receiver``."""
     folder = tmp_path_factory.mktemp("serve-no-fleet")
-    config, tokens, secret = write_config(folder, receiver=receiver, keys=keys)
-    service = Service(config, secret=secret, tokens=tokens, receiver=receiver, folder=folder)
-    try:
+    with running_service(folder, receiver=receiver, keys=keys) as service:
         yield service
-    finally:
-        service.close()
-        shutil.rmtree(folder, ignore_errors=True)

@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import json
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import yaml
 
 from testbed import fleet as tb
 from testbed.release import build_release
-from tests.serve.chat import Post, Receiver, Service, write_config
+from tests.serve.chat import Post, Receiver, Service, running_service
 from tests.testbed.nodes import loopback_net
 
 pytestmark = pytest.mark.fleet
@@ -53,15 +52,10 @@ def service(tmp_path_factory, fleet, receiver: Receiver, keys) -> Iterator[Servi
     """`exchpatch serve` whose driver uses the fleet's inventory, catalog and lock folder; progress every 5 s,
     so a rollout's lines arrive in a few coalesced posts (Slack allows five per response URL)."""
     folder = tmp_path_factory.mktemp("serve-fleet-service")
-    config, tokens, secret = write_config(folder, fleet=fleet, receiver=receiver, keys=keys,
-                                          slack={"progress_interval": 5}, driver={"cancel_grace": CANCEL_GRACE})
     _write_chatops_vars(fleet, {"exchange_allowed_signers": str(keys.allowed_signers), **BASE_VARS})
-    svc = Service(config, secret=secret, tokens=tokens, receiver=receiver, folder=folder)
-    try:
+    with running_service(folder, fleet=fleet, receiver=receiver, keys=keys, slack={"progress_interval": 5},
+                         driver={"cancel_grace": CANCEL_GRACE}) as svc:
         yield svc
-    finally:
-        svc.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.serve.chat import Receiver, Service, command_body, slack_headers, write_config
+from tests.serve.chat import Receiver, Service, command_body, running_service, slack_headers, write_config
 
 ME = "matching-engine-1.4.3"  # in the checkout's patches/ catalog
 WALLET = "wallet-signer-2.3.1"
@@ -368,13 +368,8 @@ def test_a_forged_response_url_is_never_called(svc, receiver):
 @pytest.fixture(scope="module")
 def slow_service(tmp_path_factory, receiver, keys):
     folder = tmp_path_factory.mktemp("serve-rate")
-    config, tokens, secret = write_config(folder, receiver=receiver, keys=keys, limits={"requests_per_minute": 3})
-    service = Service(config, secret=secret, tokens=tokens, receiver=receiver, folder=folder)
-    try:
+    with running_service(folder, receiver=receiver, keys=keys, limits={"requests_per_minute": 3}) as service:
         yield service
-    finally:
-        service.close()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_more_requests_than_the_limit_are_refused_429_per_identity(slow_service):
