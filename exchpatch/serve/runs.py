@@ -98,8 +98,6 @@ class RunManager:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
         self._reads: dict[str, tuple[float, threading.Event, dict[str, Any]]] = {}
-        self._listeners: list[threading.Condition] = []
-        self.changed = threading.Condition()  # notified on every new event (server-sent events wait on it)
 
     # ------------------------------------------------------------------ restart
     def recover(self) -> list[str]:
@@ -448,8 +446,6 @@ class RunManager:
 
     def _event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
         self.store.add_event(run_id, kind, data)
-        with self.changed:
-            self.changed.notify_all()
         if kind == "progress":
             run = self.store.get_run(run_id)
             if run:
